@@ -1,0 +1,419 @@
+"""Settings: one TOML file plus environment overrides, validated once at start-up.
+
+Lookup: ``$SMSDISPATCH_CONFIG``, else ``./smsdispatch.toml``; with neither, defaults
+that point at the built-in provider simulator. ``SMSDISPATCH_DATABASE_URL`` and
+``SMSDISPATCH_BROKER_URL`` override the file. Every error names the key at fault.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dispatcher.errors import ConfigError
+from dispatcher.redact import register_secret
+
+KINDS = ("mysms", "sms1000", "smska", "smstele", "prostor", "stub")  # stub: tests only
+GUARANTEES = ("at-most-once", "at-least-once")
+DEFAULT_DATABASE_URL = "sqlite:///smsdispatch.db"
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+_INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """One provider instance (one account at one provider)."""
+
+    name: str
+    kind: str
+    base_url: str
+    login: str
+    password: str = field(repr=False)
+    sender: str | None = None
+    priority: int = 100
+    enabled: bool = True
+    timeout: float = 10.0  # read timeout of one provider call, seconds
+    connect_timeout: float = 3.0
+    rate_limit: float = 0.0  # messages per second across all workers; 0 = unlimited
+    max_retries: int = 3  # retries on the same provider before failing over
+    # What to do when a worker died between the provider's answer and the ledger:
+    # at-most-once marks the message `unknown`; at-least-once sends it again.
+    delivery_guarantee: str = "at-most-once"
+    balance_threshold: float | None = None  # below it, routing skips the provider
+    # What a message becomes when no final status came within pipeline.status_horizon.
+    on_horizon: str = "expired"
+    options: Mapping[str, Any] = field(default_factory=dict)  # the kind's own keys
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return self.options.get(key, default)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    token: str | None = field(default=None, repr=False)
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class FlowerConfig:
+    basic_auth: str | None = field(default=None, repr=False)  # "user:password"
+    port: int = 5555
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    default_ttl: float = 24 * 3600.0  # seconds a message may wait before it expires
+    max_attempts: int = 20  # provider calls per message before it is given up
+    breaker_threshold: int = 5  # consecutive provider-level failures that open it
+    breaker_cooldown: float = 30.0  # seconds an open breaker skips the provider
+    backoff_base: float = 0.5
+    backoff_cap: float = 10.0
+    exhausted_delay: float = 30.0  # wait before a new round when all providers failed
+    status_horizon: float = 48 * 3600.0  # no final status by then: expired
+    sweeper_interval: float = 5.0  # seconds between sweeps (beat)
+    sweeper_stale_after: float = (
+        60.0  # a queued message published this long ago with an empty queue is republished
+    )
+    visibility_timeout: float = 300.0  # Redis redelivers an unacked task after this; > any countdown
+    soft_shutdown_timeout: float = 20.0  # on TERM, running sends get this long to finish
+    publish_batch: int = 100  # bulk messages per send task (one-time codes always go alone)
+
+
+@dataclass(frozen=True)
+class PollingConfig:
+    interval: float = 5.0  # seconds between poll rounds of one provider (beat)
+    # Seconds from one status poll of a message to the next, growing with its age; the
+    # last one repeats. Bounded cost with many messages in flight.
+    intervals: tuple[float, ...] = (10.0, 30.0, 60.0, 300.0, 900.0)
+    max_calls_per_cycle: int = 50  # status calls per provider per round
+    # prostor with a status queue: a message the queue has not reported this long
+    # after acceptance is polled by id as a fallback.
+    queue_fallback_after: float = 900.0
+    queue_interval: float = 5.0  # seconds between status queue drains
+    queue_rounds: int = 10  # drains of up to 1000 per run while the queue stays full
+    balance_interval: float = 60.0  # seconds between balance reads
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    broker_url: str = DEFAULT_BROKER_URL
+    providers: tuple[ProviderConfig, ...] = ()
+    api: ApiConfig = field(default_factory=ApiConfig)
+    flower: FlowerConfig = field(default_factory=FlowerConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    polling: PollingConfig = field(default_factory=PollingConfig)
+    source: str = "defaults"  # where the settings came from, for `doctor` and errors
+
+    def provider(self, name: str) -> ProviderConfig:
+        for p in self.providers:
+            if p.name == name:
+                return p
+        raise ConfigError(f"providers.{name}", "no such provider instance")
+
+    @property
+    def enabled_providers(self) -> list[ProviderConfig]:
+        """Enabled instances, lowest priority number first (tried first)."""
+        return sorted((p for p in self.providers if p.enabled), key=lambda p: (p.priority, p.name))
+
+
+# -- validation helpers -------------------------------------------------------------
+
+
+def _take(table: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    # bool is an int in Python; a `priority = true` is still a mistake.
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ConfigError(f"{where}{key}", f"expected {_kind_name(kind)}, got a boolean")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}{key}", f"expected {_kind_name(kind)}, got {type(value).__name__}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _reject_unknown(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            hint = ", ".join(sorted(allowed))
+            raise ConfigError(f"{where}{key}", f"unknown key (known: {hint})")
+
+
+def _check_url(value: str, key: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ConfigError(key, f"not a valid URL ({'/'.join(schemes)} with a host): {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise ConfigError(key, f"bad port in URL: {exc}") from None
+    return value
+
+
+def check_sender(sender: str, key: str) -> str:
+    """The strictest documented sender rule of the five (my-sms.ru: at most 11 Latin
+    or 15 digit characters; prostor and 1000sms say Latin)."""
+    if sender.isdigit():
+        if len(sender) > 15:
+            raise ConfigError(key, "a numeric sender has at most 15 digits")
+    elif not re.fullmatch(r"[A-Za-z0-9 ._-]{1,11}", sender):
+        raise ConfigError(key, "an alphanumeric sender has 1 to 11 Latin letters, digits, space . _ -")
+    return sender
+
+
+_NUMBER = (int, float)
+
+
+def _provider(name: str, table: Any) -> ProviderConfig:
+    where = f"providers.{name}."
+    if not _INSTANCE_NAME.match(name):
+        raise ConfigError(f"providers.{name}", "instance names are 1-40 letters, digits, _ or -")
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"providers.{name}", "expected a table")
+    kind = _take(table, "kind", where, str, None)
+    if kind is None:
+        raise ConfigError(f"{where}kind", f"missing (one of: {' | '.join(KINDS)})")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}kind", f"unknown provider kind {kind!r} (one of: {' | '.join(KINDS)})")
+
+    from dispatcher.providers import adapter_class  # local: providers import this module
+
+    adapter = adapter_class(kind)
+    common = {
+        "kind", "base_url", "login", "password", "sender", "priority", "enabled", "timeout",
+        "connect_timeout", "rate_limit", "max_retries", "delivery_guarantee", "balance_threshold",
+        "on_horizon",
+    }  # fmt: skip
+    _reject_unknown(table, common | set(adapter.OPTIONS), where)
+
+    base_url = _take(table, "base_url", where, str, None)
+    if not base_url:
+        raise ConfigError(f"{where}base_url", "missing")
+    _check_url(base_url, f"{where}base_url", ("http", "https"))
+    if adapter.BASE_URL_IS_DIRECTORY and not base_url.endswith("/"):
+        base_url += "/"
+    login = _take(table, "login", where, str, None)
+    if not login:
+        raise ConfigError(f"{where}login", "missing")
+    password = _take(table, "password", where, str, None)
+    if not password:
+        raise ConfigError(f"{where}password", "missing")
+    register_secret(password)
+    sender = _take(table, "sender", where, str, None)
+    if sender is not None:
+        check_sender(sender, f"{where}sender")
+    guarantee = _take(table, "delivery_guarantee", where, str, "at-most-once")
+    if guarantee not in GUARANTEES:
+        raise ConfigError(f"{where}delivery_guarantee", f"one of {', '.join(GUARANTEES)}")
+    timeout = float(_take(table, "timeout", where, _NUMBER, 10.0))
+    connect_timeout = float(_take(table, "connect_timeout", where, _NUMBER, 3.0))
+    rate_limit = float(_take(table, "rate_limit", where, _NUMBER, 0.0))
+    max_retries = _take(table, "max_retries", where, int, 3)
+    for key, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
+        if value <= 0:
+            raise ConfigError(f"{where}{key}", "must be greater than 0")
+    if rate_limit < 0:
+        raise ConfigError(f"{where}rate_limit", "must be 0 (unlimited) or more")
+    if max_retries < 0:
+        raise ConfigError(f"{where}max_retries", "must be 0 or more")
+    threshold = _take(table, "balance_threshold", where, _NUMBER, None)
+    on_horizon = _take(table, "on_horizon", where, str, "expired")
+    if on_horizon not in ("expired", "unknown"):
+        raise ConfigError(f"{where}on_horizon", "one of expired, unknown")
+
+    options: dict[str, Any] = {}
+    for key, (types, check) in adapter.OPTIONS.items():
+        if key in table:
+            value = _take(table, key, where, types, None)
+            problem = check(value) if check else None
+            if problem:
+                raise ConfigError(f"{where}{key}", problem)
+            options[key] = value
+
+    return ProviderConfig(
+        name=name,
+        kind=kind,
+        base_url=base_url,
+        login=login,
+        password=password,
+        sender=sender,
+        priority=_take(table, "priority", where, int, 100),
+        enabled=_take(table, "enabled", where, bool, True),
+        timeout=timeout,
+        connect_timeout=connect_timeout,
+        rate_limit=rate_limit,
+        max_retries=max_retries,
+        delivery_guarantee=guarantee,
+        balance_threshold=None if threshold is None else float(threshold),
+        on_horizon=on_horizon,
+        options=options,
+    )
+
+
+def _number_list(value: Any, key: str) -> tuple[float, ...]:
+    if not isinstance(value, list | tuple) or not value:
+        raise ConfigError(key, "expected a non-empty list of numbers")
+    if any(isinstance(v, bool) or not isinstance(v, int | float) or v <= 0 for v in value):
+        raise ConfigError(key, "every entry must be a number greater than 0")
+    return tuple(float(v) for v in value)
+
+
+def _section(data: Mapping[str, Any], name: str, cls: type[Any]) -> Any:
+    table = data.get(name, {})
+    if not isinstance(table, Mapping):
+        raise ConfigError(name, "expected a table")
+    defaults = cls()
+    allowed = set(defaults.__dataclass_fields__)
+    _reject_unknown(table, allowed, f"{name}.")
+    values: dict[str, Any] = {}
+    for key in allowed:
+        default = getattr(defaults, key)
+        if isinstance(default, tuple):
+            values[key] = _number_list(table.get(key, default), f"{name}.{key}")
+            continue
+        if default is None:
+            kinds: type | tuple[type, ...] = str
+        elif isinstance(default, bool):
+            kinds = bool
+        elif isinstance(default, float):
+            kinds = _NUMBER
+        else:
+            kinds = type(default)
+        value = _take(table, key, f"{name}.", kinds, default)
+        values[key] = float(value) if isinstance(default, float) else value
+        if isinstance(values[key], (int, float)) and not isinstance(values[key], bool) and values[key] < 0:
+            raise ConfigError(f"{name}.{key}", "must not be negative")
+    for key in ("token", "basic_auth"):
+        if key in values:
+            register_secret(values[key])
+    if name == "flower" and values.get("basic_auth") and ":" not in values["basic_auth"]:
+        raise ConfigError("flower.basic_auth", 'expected "user:password"')
+    return cls(**values)
+
+
+def parse(data: Mapping[str, Any], source: str = "<dict>") -> Settings:
+    """Validate a configuration mapping (the TOML document) into ``Settings``."""
+    _reject_unknown(
+        data, {"database_url", "broker_url", "providers", "api", "flower", "pipeline", "polling"}, ""
+    )
+    database_url = _take(data, "database_url", "", str, DEFAULT_DATABASE_URL)
+    broker_url = _take(data, "broker_url", "", str, DEFAULT_BROKER_URL)
+    providers_table = data.get("providers", {})
+    if not isinstance(providers_table, Mapping):
+        raise ConfigError("providers", "expected a table of provider instances")
+    providers = tuple(_provider(name, table) for name, table in providers_table.items())
+    return Settings(
+        database_url=database_url,
+        broker_url=broker_url,
+        providers=providers,
+        api=_section(data, "api", ApiConfig),
+        flower=_section(data, "flower", FlowerConfig),
+        pipeline=_section(data, "pipeline", PipelineConfig),
+        polling=_section(data, "polling", PollingConfig),
+        source=source,
+    )
+
+
+def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
+    from dataclasses import replace
+
+    db = env.get("SMSDISPATCH_DATABASE_URL")
+    broker = env.get("SMSDISPATCH_BROKER_URL")
+    if db:
+        settings = replace(settings, database_url=db)
+    if broker:
+        settings = replace(settings, broker_url=broker)
+    _check_db_url(settings.database_url)
+    if settings.broker_url != "memory://":  # the embedded runner's in-process queue
+        _check_url(settings.broker_url, "broker_url", ("redis", "rediss", "amqp", "sentinel"))
+    return settings
+
+
+def _check_db_url(url: str) -> None:
+    scheme = urlsplit(url).scheme
+    if not (scheme.startswith("sqlite") or scheme.startswith("postgresql")):
+        raise ConfigError("database_url", f"expected sqlite:/// or postgresql:// URL, got {url!r}")
+
+
+def config_path(env: Mapping[str, str] | None = None) -> Path | None:
+    env = os.environ if env is None else env
+    explicit = env.get("SMSDISPATCH_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError("SMSDISPATCH_CONFIG", f"no such file: {path}")
+        return path
+    local = Path("smsdispatch.toml")
+    return local if local.is_file() else None
+
+
+def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the configuration (see the module docstring for the lookup)."""
+    env = os.environ if env is None else env
+    file = Path(path) if path is not None else config_path(env)
+    if file is None:
+        from dispatcher.simulator.defaults import default_settings_table
+
+        settings = parse(default_settings_table(), source="defaults (built-in simulator)")
+    else:
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(file), f"not valid TOML: {exc}") from None
+        settings = parse(data, source=str(file))
+    return _apply_env(settings, env)
+
+
+_cached: Settings | None = None
+
+
+def get_settings(reload: bool = False) -> Settings:
+    """The process-wide settings, loaded once."""
+    global _cached
+    if _cached is None or reload:
+        _cached = load()
+    return _cached
+
+
+def set_settings(settings: Settings | None) -> None:
+    """Install settings for this process (tests, the demo); None forgets them."""
+    global _cached
+    _cached = settings
+
+
+def to_toml(table: Mapping[str, Any]) -> str:
+    """Write a configuration document: top-level values, then tables, then
+    ``[providers.NAME]`` tables. Values: strings, numbers, booleans, lists."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = [f"{k} = {value(v)}" for k, v in table.items() if not isinstance(v, Mapping)]
+    for name, section in table.items():
+        if not isinstance(section, Mapping):
+            continue
+        if name == "providers":
+            for pname, provider in section.items():
+                lines += ["", f"[providers.{pname}]"] + [f"{k} = {value(v)}" for k, v in provider.items()]
+        else:
+            lines += ["", f"[{name}]"] + [f"{k} = {value(v)}" for k, v in section.items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,429 @@
+"""The provider base class: it owns the transport, each adapter builds and parses.
+
+An adapter subclasses ``Provider`` and fills in the template steps
+``build_send``/``parse_send``, ``build_status``/``parse_status`` and
+``build_balance``/``parse_balance``, plus two tables: ``STATUS_MAP`` (the provider's
+delivery codes onto our vocabulary) and ``ERRORS`` (every documented error code onto
+one ``Action``). The base does chunking, the HTTP call, timeouts, connection reuse,
+HTTP-level errors and redaction, so that no adapter touches ``requests`` itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, NoReturn
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from dispatcher import __version__
+from dispatcher.config import ProviderConfig
+from dispatcher.errors import (
+    ERROR_CLASS,
+    Action,
+    FailoverError,
+    ProviderError,
+    RetryableError,
+)
+from dispatcher.redact import redact
+from dispatcher.status import Status
+
+log = logging.getLogger("smsdispatch.providers")
+
+USER_AGENT = f"smsdispatch/{__version__} (+python-requests)"
+
+# A config option of an adapter: the TOML types it takes and a check that returns a
+# problem (a string) or None.
+OptionSpec = tuple[type | tuple[type, ...], Callable[[Any], str | None] | None]
+
+
+def one_of(*values: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in values else f"one of {', '.join(values)}"
+
+    return check
+
+
+def int_range(low: int, high: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"from {low} to {high}"
+
+    return check
+
+
+@dataclass(frozen=True)
+class ErrorRule:
+    """How one documented error code is read: what to do, what it means, where it is."""
+
+    action: Action
+    meaning: str
+    doc: str  # "file.md:line" of the provider document
+
+
+@dataclass(frozen=True)
+class OutgoingSms:
+    """One message as an adapter sees it. ``id`` is ours and doubles as client id."""
+
+    id: str
+    to: str  # digits with the country code, e.g. 79161234567
+    text: str
+    sender: str | None = None
+    at: datetime | None = None  # provider-side scheduling, aware datetime
+
+
+@dataclass(frozen=True)
+class MessageRef:
+    """A message already handed to this provider, for a status call."""
+
+    id: str
+    provider_message_id: str | None
+    to: str | None = None
+
+
+@dataclass
+class SendOutcome:
+    """The provider's answer for one message of a send call."""
+
+    id: str
+    provider_message_id: str | None
+    status: Status  # our reading; ACCEPTED unless the provider said more
+    raw_status: str
+    error: ProviderError | None = None  # a per-message refusal, the rest of the batch stands
+    segments: int | None = None
+    cost: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class StatusReport:
+    """One delivery status as the provider reported it."""
+
+    provider_message_id: str | None
+    status: Status
+    raw_status: str
+    id: str | None = None  # our id where the provider echoes it
+    phone: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class Balance:
+    amount: float | None
+    currency: str | None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class WireRequest:
+    method: str
+    path: str  # appended to base_url ("" for a whole-endpoint base)
+    params: Mapping[str, str] | None = None
+    data: Mapping[str, str] | bytes | None = None
+    json: Any = None
+    headers: Mapping[str, str] | None = None
+
+
+@dataclass
+class WireReply:
+    http_status: int
+    body: str
+    content_type: str
+    elapsed: float
+
+
+def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), max(size, 1)):
+        yield items[start : start + size]
+
+
+class Provider:
+    KIND: ClassVar[str]
+    TITLE: ClassVar[str]
+    DOC: ClassVar[str]  # the document's file name in shared/providers
+    OPTIONS: ClassVar[dict[str, OptionSpec]] = {}
+    # True when base_url is a directory the method name is appended to (all but
+    # sms-ka.net, whose base_url is the whole endpoint).
+    BASE_URL_IS_DIRECTORY: ClassVar[bool] = True
+    MAX_BATCH: ClassVar[int] = 1  # messages per send call
+    MAX_STATUS_BATCH: ClassVar[int] = 1  # ids per status call
+    HAS_BALANCE: ClassVar[bool] = True
+    # True when a status call can find a message by the id *we* sent, so a message
+    # whose send outcome was lost can be reconciled instead of resent blindly.
+    STATUS_BY_CLIENT_ID: ClassVar[bool] = False
+    STATUS_MAP: ClassVar[dict[str, Status]] = {}
+    ERRORS: ClassVar[dict[str, ErrorRule]] = {}
+
+    def __init__(self, config: ProviderConfig, session: requests.Session | None = None) -> None:
+        self.config = config
+        self.name = config.name
+        self.session = session or self._new_session()
+
+    # -- the public surface ----------------------------------------------------------
+
+    @property
+    def batch_size(self) -> int:
+        size = self.config.option("batch_size", self.MAX_BATCH)
+        return max(1, min(int(size), self.MAX_BATCH))
+
+    def send(self, messages: Sequence[OutgoingSms]) -> list[SendOutcome]:
+        """Send messages, as many per call as the provider takes.
+
+        A request-level failure raises (it concerns the whole call); a per-message
+        refusal comes back as a ``SendOutcome`` with ``error`` set.
+        """
+        groups: dict[Hashable, list[OutgoingSms]] = {}
+        for msg in messages:
+            groups.setdefault(self.group_key(msg), []).append(msg)
+        outcomes: list[SendOutcome] = []
+        for group in groups.values():
+            for batch in chunked(group, self.batch_size):
+                reply = self.call(self.build_send(batch), sending=True)
+                outcomes.extend(self.parse_send(reply, batch))
+        return outcomes
+
+    def group_key(self, msg: OutgoingSms) -> Hashable:
+        """Messages with equal keys may share one send call (same text for a
+        provider that takes many phones per text, same schedule time...)."""
+        return None
+
+    @property
+    def status_batch(self) -> int:
+        """Ids per status call (an adapter may take fewer than its maximum)."""
+        return self.MAX_STATUS_BATCH
+
+    def status(self, refs: Sequence[MessageRef]) -> list[StatusReport]:
+        reports: list[StatusReport] = []
+        for batch in chunked(refs, self.status_batch):
+            reply = self.call(self.build_status(batch), sending=False)
+            reports.extend(self.parse_status(reply, batch))
+        return reports
+
+    def balance(self) -> Balance:
+        if not self.HAS_BALANCE:
+            raise NotImplementedError(f"{self.KIND} documents no balance call")
+        reply = self.call(self.build_balance(), sending=False)
+        return self.parse_balance(reply)
+
+    def status_by_client_id(self, ref: MessageRef) -> list[StatusReport]:
+        """Ask for a message by our own id (only where ``STATUS_BY_CLIENT_ID``)."""
+        raise NotImplementedError(f"{self.KIND} cannot look a message up by our id")
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- the template steps an adapter fills in -------------------------------------
+
+    def build_send(self, batch: Sequence[OutgoingSms]) -> WireRequest:
+        raise NotImplementedError
+
+    def parse_send(self, reply: WireReply, batch: Sequence[OutgoingSms]) -> list[SendOutcome]:
+        raise NotImplementedError
+
+    def build_status(self, refs: Sequence[MessageRef]) -> WireRequest:
+        raise NotImplementedError
+
+    def parse_status(self, reply: WireReply, refs: Sequence[MessageRef]) -> list[StatusReport]:
+        raise NotImplementedError
+
+    def build_balance(self) -> WireRequest:
+        raise NotImplementedError
+
+    def parse_balance(self, reply: WireReply) -> Balance:
+        raise NotImplementedError
+
+    # -- helpers for adapters ---------------------------------------------------------
+
+    @classmethod
+    def map_status(cls, raw: str | None) -> Status:
+        """Our word for a provider status code; ``unknown`` for anything unmapped."""
+        if raw is None:
+            return Status.UNKNOWN
+        return cls.STATUS_MAP.get(str(raw).strip(), Status.UNKNOWN)
+
+    @classmethod
+    def classify(cls, code: str) -> Action:
+        """The action for a provider error code. An undocumented code fails over:
+        we cannot tell whether retrying here would ever work."""
+        rule = cls.ERRORS.get(str(code).strip())
+        return rule.action if rule else Action.FAILOVER
+
+    def error(
+        self,
+        code: str,
+        reply: WireReply | None,
+        *,
+        detail: str = "",
+        action: Action | None = None,
+        ambiguous: bool = False,
+    ) -> ProviderError:
+        """Build the exception for a provider error code, with the wire context."""
+        code = str(code).strip()
+        rule = self.ERRORS.get(code)
+        chosen = action or (rule.action if rule else Action.FAILOVER)
+        meaning = rule.meaning if rule else "undocumented error code"
+        message = f"{meaning}: {detail}" if detail else meaning
+        return ERROR_CLASS[chosen](
+            redact(message),
+            provider=self.name,
+            kind=self.KIND,
+            http_status=reply.http_status if reply else None,
+            code=code,
+            raw=redact(reply.body) if reply else None,
+            ambiguous=ambiguous,
+        )
+
+    def malformed(self, reply: WireReply, why: str) -> NoReturn:
+        """A reply we cannot read. For a send it may have been acted on, so it is
+        marked ambiguous; the pipeline decides what that means for the message."""
+        raise RetryableError(
+            f"unreadable reply: {why}",
+            provider=self.name,
+            kind=self.KIND,
+            http_status=reply.http_status,
+            raw=redact(reply.body),
+            ambiguous=True,
+        )
+
+    # -- transport ------------------------------------------------------------------
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers["User-Agent"] = USER_AGENT
+        # No urllib3-level retries: retrying is the pipeline's decision, and a silent
+        # retry of a send would be a duplicate SMS.
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    def url(self, path: str) -> str:
+        return self.config.base_url + path
+
+    def call(self, request: WireRequest, *, sending: bool) -> WireReply:
+        """Make one HTTP call; raise a classified ``ProviderError`` on transport or
+        HTTP-level failure. Provider-level codes in the body are the adapter's."""
+        url = self.url(request.path)
+        started = time.monotonic()
+        try:
+            response = self.session.request(
+                request.method,
+                url,
+                params=request.params,
+                data=request.data,
+                json=request.json,
+                headers=request.headers,
+                timeout=(self.config.connect_timeout, self.config.timeout),
+            )
+        except requests.exceptions.ConnectTimeout:
+            raise self._transport_error("connect timeout", ambiguous=False) from None
+        except requests.exceptions.ReadTimeout:
+            # The request went out: a send may have been acted upon.
+            raise self._transport_error(
+                f"no reply within {self.config.timeout:g}s", ambiguous=sending
+            ) from None
+        except requests.exceptions.ConnectionError as exc:
+            # Refused or reset before a reply. A reset after the body went out is
+            # possible too, so a send stays ambiguous unless the connect itself failed.
+            refused = "refused" in str(exc).lower() or "NewConnectionError" in repr(exc)
+            raise self._transport_error(
+                f"connection failed: {_short(exc)}", ambiguous=sending and not refused
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            raise self._transport_error(f"request failed: {_short(exc)}", ambiguous=sending) from None
+        elapsed = time.monotonic() - started
+        body = _decode(response)
+        reply = WireReply(
+            http_status=response.status_code,
+            body=body,
+            content_type=response.headers.get("Content-Type", ""),
+            elapsed=elapsed,
+        )
+        log.debug(
+            "%s %s %s -> %s in %.3fs",
+            self.name,
+            request.method,
+            redact(response.url),
+            reply.http_status,
+            elapsed,
+        )
+        self._check_http(reply, sending=sending)
+        return reply
+
+    def _check_http(self, reply: WireReply, *, sending: bool) -> None:
+        status = reply.http_status
+        if status < 400:
+            return
+        raw = redact(reply.body)
+        if status >= 500 or status == 429:
+            # 502/504 come from a proxy that may have passed the request on.
+            raise RetryableError(
+                f"HTTP {status}",
+                provider=self.name,
+                kind=self.KIND,
+                http_status=status,
+                raw=raw,
+                ambiguous=sending and status in (502, 504),
+            )
+        raise FailoverError(f"HTTP {status}", provider=self.name, kind=self.KIND, http_status=status, raw=raw)
+
+    def _transport_error(self, message: str, *, ambiguous: bool) -> RetryableError:
+        return RetryableError(redact(message), provider=self.name, kind=self.KIND, ambiguous=ambiguous)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return redact(text if len(text) < 200 else text[:200] + "...")
+
+
+def _decode(response: requests.Response) -> str:
+    # requests falls back to ISO-8859-1 for text/* without a charset, which would
+    # garble Cyrillic; the providers answer in UTF-8 unless they say otherwise.
+    if "charset" not in response.headers.get("Content-Type", "").lower():
+        return response.content.decode("utf-8", errors="replace")
+    return response.text
+
+
+# -- reply readers shared by the adapters ---------------------------------------------
+
+
+def read_json(provider: Provider, reply: WireReply) -> Any:
+    import json
+
+    try:
+        return json.loads(reply.body)
+    except ValueError as exc:
+        provider.malformed(reply, f"not JSON ({exc})")
+
+
+def read_xml(provider: Provider, reply: WireReply) -> Any:
+    # ElementTree's expat parser does not resolve external entities, so a hostile
+    # reply cannot read our files; the size of a reply is bounded by requests' read.
+    import xml.etree.ElementTree as ET
+
+    try:
+        return ET.fromstring(reply.body.strip().encode("utf-8"))
+    except ET.ParseError as exc:
+        provider.malformed(reply, f"not XML ({exc})")
+
+
+def parse_amount(value: Any) -> float | None:
+    """A money amount as the providers print it: a number, "12.50", or with a
+    decimal comma as my-sms.ru does ("77212,0000", my-sms.md:456)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip().replace("\u00a0", "").replace(" ", "")
+    # A lone comma is a decimal comma; with a dot present, commas group thousands.
+    text = text.replace(",", ".") if "," in text and "." not in text else text.replace(",", "")
+    try:
+        return float(text)
+    except ValueError:
+        return None
