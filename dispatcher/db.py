@@ -1,0 +1,151 @@
+"""One engine factory and the session per unit of work.
+
+SQLite (the default) runs in WAL mode with a busy timeout, and every transaction
+starts with ``BEGIN IMMEDIATE``: several worker processes then queue for the write
+lock instead of failing with "database is locked" when a read turns into a write.
+PostgreSQL is used through ``postgresql+psycopg://``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import event, inspect
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, create_engine
+
+from dispatcher.errors import ConfigError
+
+T = TypeVar("T")
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def normalize_url(url: str) -> str:
+    # `postgresql://` would pick psycopg2, which we do not ship; psycopg 3 it is.
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # pysqlite's own transaction handling is switched off so that the
+            # "begin" hook below decides how a transaction starts.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql"):
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    raise ConfigError("database_url", f"unsupported database URL {url!r}")
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process-wide engine for ``url`` (the configured one by default).
+
+    A fresh SQLite file gets its schema on first use; PostgreSQL wants an explicit
+    ``smsdispatch db upgrade``.
+    """
+    if url is None:
+        from dispatcher.config import get_settings
+
+        url = get_settings().database_url
+    with _lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = make_engine(url)
+            if engine.dialect.name == "sqlite" and not inspect(engine).has_table("alembic_version"):
+                upgrade(engine)
+            _engines[url] = engine
+        return engine
+
+
+def dispose_engines() -> None:
+    """Forget pooled connections (after a fork, and in tests)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """A session for one unit of work: committed on success, rolled back on error."""
+    with Session(get_engine(url), expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply the Alembic migrations up to ``revision``."""
+    from alembic import command
+
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def write_through_outage(fn: Callable[[], T], *, budget: float = 15.0) -> T:
+    """Run a ledger write, retrying while the database is unreachable for up to
+    ``budget`` seconds. For the write-back after a provider call: the outcome exists
+    only in this worker's memory, and a restart of the database must not turn a
+    message the provider took into an `unknown` one."""
+    import time
+
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    deadline = time.monotonic() + budget
+    delay = 0.1
+    while True:
+        try:
+            return fn()
+        except (OperationalError, DBAPIError) as exc:
+            if isinstance(exc, DBAPIError) and not (
+                exc.connection_invalidated or isinstance(exc, OperationalError)
+            ):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)

@@ -1,0 +1,325 @@
+"""Ledger operations. Every status change goes through ``transition``: a
+compare-and-set on the current status, checked against ``status.can_transition``,
+with a ``StatusEvent`` written in the same transaction. Nothing else writes
+``messages.status``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlmodel import Session, col
+from sqlmodel import select as orm_select
+
+from dispatcher.models import ATTEMPTS, EVENTS, MESSAGES, Attempt, Message, StatusEvent, utcnow
+from dispatcher.redact import redact
+from dispatcher.status import Status, can_transition
+from dispatcher.validation import NewMessage
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def insert_messages(session: Session, items: Sequence[NewMessage], *, source: str = "producer") -> list[str]:
+    """Insert validated messages with their first event; returns the ids in order."""
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    for item in items:
+        mid = new_id()
+        status = Status.SCHEDULED if item.send_at else Status.QUEUED
+        rows.append(
+            {
+                "id": mid,
+                "key": item.key,
+                "payload_hash": item.payload_hash(),
+                "to": item.to,
+                "text": item.text,
+                "sender": item.sender,
+                "priority": item.priority,
+                "provider_pinned": item.provider,
+                "parts": item.parts,
+                "encoding": item.encoding,
+                "status": status.value,
+                "attempts": 0,
+                "retries": 0,
+                "failovers": 0,
+                "tried": "",
+                "polls": 0,
+                "created_at": now,
+                "updated_at": now,
+                "send_at": item.send_at,
+                "expires_at": item.expires_at,
+                "due_at": item.send_at or now,
+                "published_for": None if item.send_at else now,
+            }
+        )
+        events.append(
+            {"message_id": mid, "at": now, "old_status": None, "new_status": status.value, "source": source}
+        )
+    if rows:
+        # Bulk statements: one round trip per table, not one per message.
+        session.execute(insert(MESSAGES), rows)
+        session.execute(insert(EVENTS), events)
+    return [r["id"] for r in rows]
+
+
+def find_by_keys(session: Session, keys: Iterable[str]) -> dict[str, Message]:
+    keys = [k for k in keys if k]
+    if not keys:
+        return {}
+    found = session.exec(orm_select(Message).where(col(Message.key).in_(keys)))
+    return {m.key: m for m in found if m.key}
+
+
+def get(session: Session, message_id: str) -> Message | None:
+    return session.get(Message, message_id)
+
+
+def transition(
+    session: Session,
+    message_id: str,
+    new: Status,
+    *,
+    source: str,
+    expect: Iterable[Status] | None = None,
+    provider: str | None = None,
+    raw: str | None = None,
+    detail: str | None = None,
+    fields: dict[str, Any] | None = None,
+    by_operator: bool = False,
+) -> Status | None:
+    """Move a message to ``new`` if the rules allow it from its current status (and
+    it is one of ``expect`` when given). Returns the old status, or None when the
+    move was not made (a final status, a backwards move, or another worker won)."""
+    allowed = set(expect) if expect is not None else None
+    for _ in range(5):
+        current_raw = session.execute(
+            select(MESSAGES.c.status).where(MESSAGES.c.id == message_id)
+        ).scalar_one_or_none()
+        if current_raw is None:
+            return None
+        current = Status(current_raw)
+        if not can_transition(current, new, by_operator=by_operator) or (
+            allowed is not None and current not in allowed
+        ):
+            return None
+        now = utcnow()
+        values: dict[str, Any] = {"status": new.value, "updated_at": now, **(fields or {})}
+        if new.is_final:
+            values.setdefault("final_at", now)
+        elif current.is_final:
+            values.setdefault("final_at", None)
+        result = session.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id == message_id, MESSAGES.c.status == current.value)
+            .values(**values)
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            session.execute(
+                insert(EVENTS).values(
+                    message_id=message_id,
+                    at=now,
+                    old_status=current.value,
+                    new_status=new.value,
+                    source=source,
+                    provider=provider,
+                    raw=redact(raw) if raw else raw,
+                    detail=redact(detail) if detail else detail,
+                )
+            )
+            return current
+        # Another worker changed it between our read and our write: look again.
+    return None
+
+
+def update_fields(session: Session, message_id: str, **fields: Any) -> None:
+    fields.setdefault("updated_at", utcnow())
+    session.execute(update(MESSAGES).where(MESSAGES.c.id == message_id).values(**fields))
+
+
+def start_attempt(session: Session, message_id: str, provider: str, kind: str) -> int:
+    """Record a provider call before it goes out, so a crash leaves a trace of it."""
+    now = utcnow()
+    result = session.execute(
+        insert(ATTEMPTS).values(
+            message_id=message_id, provider=provider, kind=kind, started_at=now, outcome="in_flight"
+        )
+    )
+    session.execute(
+        update(MESSAGES)
+        .where(MESSAGES.c.id == message_id)
+        .values(attempts=MESSAGES.c.attempts + 1, updated_at=now)
+    )
+    pk = result.inserted_primary_key  # type: ignore[attr-defined]
+    assert pk is not None
+    return int(pk[0])
+
+
+def finish_attempt(
+    session: Session,
+    attempt_id: int,
+    outcome: str,
+    *,
+    http_status: int | None = None,
+    code: str | None = None,
+    raw: str | None = None,
+    error: str | None = None,
+) -> None:
+    now = utcnow()
+    started = session.execute(select(ATTEMPTS.c.started_at).where(ATTEMPTS.c.id == attempt_id)).scalar_one()
+    session.execute(
+        update(ATTEMPTS)
+        .where(ATTEMPTS.c.id == attempt_id)
+        .values(
+            outcome=outcome,
+            finished_at=now,
+            duration_ms=(now - started).total_seconds() * 1000.0,
+            http_status=http_status,
+            provider_code=code,
+            raw=redact(raw) if raw else raw,
+            error=redact(error) if error else error,
+        )
+    )
+
+
+def open_attempt(session: Session, message_id: str) -> Attempt | None:
+    """The latest attempt still in flight or left ambiguous, if any."""
+    return session.exec(
+        orm_select(Attempt)
+        .where(col(Attempt.message_id) == message_id, col(Attempt.outcome).in_(["in_flight", "unconfirmed"]))
+        .order_by(col(Attempt.id).desc())
+        .limit(1)
+    ).first()
+
+
+def attempts_of(session: Session, message_id: str) -> list[Attempt]:
+    return list(
+        session.exec(
+            orm_select(Attempt).where(col(Attempt.message_id) == message_id).order_by(col(Attempt.id))
+        )
+    )
+
+
+def events_of(session: Session, message_id: str) -> list[StatusEvent]:
+    return list(
+        session.exec(
+            orm_select(StatusEvent)
+            .where(col(StatusEvent.message_id) == message_id)
+            .order_by(col(StatusEvent.id))
+        )
+    )
+
+
+def count_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(select(MESSAGES.c.status, func.count()).group_by(MESSAGES.c.status)).all()
+    return {status: n for status, n in rows}
+
+
+def transition_many(
+    session: Session,
+    changes: Sequence[dict[str, Any]],
+    new: Status,
+    *,
+    expect: Status,
+    source: str,
+    provider: str | None = None,
+    due_before: datetime | None = None,
+) -> list[str]:
+    """The bulk form of ``transition`` for messages all in ``expect``: one UPDATE
+    (executemany) and one INSERT of events. Each change is ``{"id": ..., **fields}``
+    and may carry ``_raw`` and ``_detail`` for its event. Returns the ids moved; the
+    others had left ``expect`` (another worker, a final status) and are untouched."""
+    if not can_transition(expect, new):
+        raise ValueError(f"{expect.value} -> {new.value} is not an allowed transition")
+    if not changes:
+        return []
+    now = utcnow()
+    moved: list[str] = []
+    field_names = sorted({k for c in changes for k in c if k not in ("id", "_raw", "_detail")})
+    ids = [c["id"] for c in changes]
+    if not field_names:
+        # The claim: one statement for all, RETURNING the rows it took.
+        query = (
+            update(MESSAGES)
+            .where(MESSAGES.c.id.in_(ids), MESSAGES.c.status == expect.value)
+            .values(status=new.value, updated_at=now, **({"final_at": now} if new.is_final else {}))
+            .returning(MESSAGES.c.id)
+        )
+        if due_before is not None:
+            query = query.where(MESSAGES.c.due_at <= due_before)
+        moved = list(session.execute(query).scalars().all())
+    else:
+        from sqlalchemy import bindparam
+
+        values: dict[str, Any] = {"status": new.value, "updated_at": now}
+        if new.is_final:
+            values["final_at"] = now
+        values.update({name: bindparam(f"v_{name}") for name in field_names})
+        statement = (
+            update(MESSAGES)
+            .where(MESSAGES.c.id == bindparam("v_id"), MESSAGES.c.status == expect.value)
+            .values(**values)
+        )
+        params = [{"v_id": c["id"], **{f"v_{n}": c.get(n) for n in field_names}} for c in changes]
+        # executemany cannot say which rows matched: they are re-read below.
+        session.connection().execute(statement, params)
+        moved = list(
+            session.execute(
+                select(MESSAGES.c.id).where(MESSAGES.c.id.in_(ids), MESSAGES.c.status == new.value)
+            ).scalars()
+        )
+    by_id = {c["id"]: c for c in changes}
+    if moved:
+        session.execute(
+            insert(EVENTS),
+            [
+                {
+                    "message_id": mid, "at": now, "old_status": expect.value, "new_status": new.value,
+                    "source": source, "provider": provider,
+                    "raw": redact(by_id[mid].get("_raw")) if by_id[mid].get("_raw") else None,
+                    "detail": by_id[mid].get("_detail"),
+                }
+                for mid in moved
+            ],
+        )  # fmt: skip
+    return moved
+
+
+def start_attempts(session: Session, message_ids: Sequence[str], provider: str, kind: str) -> dict[str, int]:
+    """``start_attempt`` for a batch: one INSERT, one UPDATE; attempt id per message."""
+    now = utcnow()
+    rows = session.execute(
+        insert(ATTEMPTS).returning(ATTEMPTS.c.id, ATTEMPTS.c.message_id),
+        [{"message_id": m, "provider": provider, "kind": kind, "started_at": now, "outcome": "in_flight"}
+         for m in message_ids],
+    ).all()  # fmt: skip
+    session.execute(
+        update(MESSAGES)
+        .where(MESSAGES.c.id.in_(list(message_ids)))
+        .values(attempts=MESSAGES.c.attempts + 1, updated_at=now)
+    )
+    return {message_id: attempt_id for attempt_id, message_id in rows}
+
+
+def finish_attempts(session: Session, finished: Sequence[dict[str, Any]]) -> None:
+    """``finish_attempt`` for a batch (executemany). Each item: id, outcome, raw."""
+    from sqlalchemy import bindparam
+
+    if not finished:
+        return
+    now = utcnow()
+    session.connection().execute(
+        update(ATTEMPTS)
+        .where(ATTEMPTS.c.id == bindparam("a_id"))
+        .values(outcome=bindparam("a_outcome"), raw=bindparam("a_raw"), finished_at=now),
+        [{"a_id": f["id"], "a_outcome": f["outcome"], "a_raw": f.get("raw")} for f in finished],
+    )
+
+
+def update_many_claimed(session: Session, message_ids: Sequence[str], now: datetime) -> None:
+    session.execute(update(MESSAGES).where(MESSAGES.c.id.in_(list(message_ids))).values(claimed_at=now))

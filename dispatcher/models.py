@@ -1,0 +1,121 @@
+"""The ledger's tables, all in one place (SQLModel).
+
+``Message`` is one SMS handed to us; ``Attempt`` is one provider call for it (written
+before the call goes out, finished after); ``StatusEvent`` is every status change with
+its source. Times are aware UTC datetimes (SQLModel's UTCDateTime stores them in
+UTC and gives them back with the zone, SQLite included).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import cast
+
+from sqlalchemy import Column, Index, Table, Text
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class MessageBase(SQLModel):
+    to: str = Field(max_length=15)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    sender: str | None = Field(default=None, max_length=15)
+    priority: str = Field(default="normal", max_length=8)  # high | normal
+    provider_pinned: str | None = Field(default=None, max_length=40)  # send_sms(provider=...)
+
+
+class Message(MessageBase, table=True):
+    __tablename__ = "messages"
+    __table_args__ = (
+        # the sweeper: queued/scheduled messages that are due
+        Index("ix_messages_status_due", "status", "due_at"),
+        # the pollers (delivery tracking): in-flight messages per provider by next poll
+        Index("ix_messages_provider_status_poll", "provider", "status", "next_poll_at"),
+        Index("ix_messages_provider_message_id", "provider", "provider_message_id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    key: str | None = Field(default=None, max_length=200, unique=True)  # idempotency key
+    payload_hash: str = Field(max_length=64)
+    parts: int
+    encoding: str = Field(max_length=8)
+    status: str = Field(max_length=16)
+    provider: str | None = Field(default=None, max_length=40)  # the instance now holding it
+    provider_message_id: str | None = Field(default=None, max_length=100)
+    attempts: int = 0  # provider calls made, across all providers
+    retries: int = 0  # retries on the same provider within the current round
+    failovers: int = 0
+    tried: str = Field(default="", max_length=400)  # providers failed over in this round, comma-separated
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    send_at: datetime | None = None  # the producer's `at`
+    expires_at: datetime  # created + ttl: never sent after this
+    due_at: datetime = Field(default_factory=utcnow)  # earliest time of the next send
+    published_for: datetime | None = None  # the due_at the last published task targets
+    claimed_at: datetime | None = None
+    accepted_at: datetime | None = None
+    final_at: datetime | None = None
+    next_poll_at: datetime | None = None
+    polls: int = 0
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class Attempt(SQLModel, table=True):
+    __tablename__ = "attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(foreign_key="messages.id", index=True, max_length=32)
+    provider: str = Field(max_length=40)
+    kind: str = Field(max_length=16)
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    duration_ms: float | None = None
+    # in_flight | accepted | retry | failover | reject | ambiguous | reconciled | lost
+    outcome: str = Field(default="in_flight", max_length=16)
+    http_status: int | None = None
+    provider_code: str | None = Field(default=None, max_length=100)
+    raw: str | None = Field(default=None, sa_column=Column(Text))  # the reply, redacted
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class StatusEvent(SQLModel, table=True):
+    __tablename__ = "status_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(foreign_key="messages.id", index=True, max_length=32)
+    at: datetime = Field(default_factory=utcnow)
+    old_status: str | None = Field(default=None, max_length=16)
+    new_status: str = Field(max_length=16)
+    # producer | send | poll | status_queue | sweeper | operator | reconcile
+    source: str = Field(max_length=16)
+    provider: str | None = Field(default=None, max_length=40)
+    raw: str | None = Field(default=None, sa_column=Column(Text))  # the provider's own value
+    detail: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class BalanceReading(SQLModel, table=True):
+    """One balance read of one provider instance: the history behind `balance`."""
+
+    __tablename__ = "balance_readings"
+    __table_args__ = (Index("ix_balance_readings_provider_at", "provider", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str = Field(max_length=40)
+    at: datetime = Field(default_factory=utcnow)
+    amount: float | None = None
+    currency: str | None = Field(default=None, max_length=16)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+def _table(model: type[SQLModel]) -> Table:
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]
+
+
+# Core tables for typed queries (SQLModel's class attributes type as plain values).
+MESSAGES = _table(Message)
+ATTEMPTS = _table(Attempt)
+EVENTS = _table(StatusEvent)
+BALANCES = _table(BalanceReading)

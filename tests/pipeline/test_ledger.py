@@ -1,0 +1,111 @@
+"""The ledger on SQLite and PostgreSQL: migrations, transitions, idempotency."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlmodel import SQLModel
+
+from dispatcher import api, db, ledger
+from dispatcher.api import IdempotencyConflict
+from dispatcher.errors import ValidationError
+from dispatcher.status import Status
+from tests.support import Stack
+
+# Far enough ahead that no sweeper releases it during a test.
+LATER = (datetime.now(UTC) + timedelta(days=300)).isoformat()
+
+
+def test_migrations_match_the_models(any_stack: Stack) -> None:
+    any_stack.configure()
+    engine = db.get_engine()
+    assert db.current_revision(engine) == "0002"
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    assert diff == []
+
+
+def test_final_status_is_never_overwritten(any_stack: Stack) -> None:
+    any_stack.configure()
+    mid = api.send_bulk([{"to": "79161234567", "text": "x", "at": LATER}])[0]
+    with db.session_scope() as s:
+        assert ledger.transition(s, mid, Status.QUEUED, source="sweeper") == Status.SCHEDULED
+        assert ledger.transition(s, mid, Status.SENDING, source="send") == Status.QUEUED
+        assert ledger.transition(s, mid, Status.ACCEPTED, source="send") == Status.SENDING
+        assert ledger.transition(s, mid, Status.DELIVERED, source="poll", raw="4") == Status.ACCEPTED
+        # a late `sent` and a late `undelivered` change nothing, and leave no event
+        assert ledger.transition(s, mid, Status.SENT, source="poll") is None
+        assert ledger.transition(s, mid, Status.UNDELIVERED, source="poll") is None
+    message = api.get_message(mid)
+    assert message is not None and message["status"] == "delivered"
+    assert [e["new_status"] for e in message["events"]] == [
+        "scheduled",
+        "queued",
+        "sending",
+        "accepted",
+        "delivered",
+    ]
+    assert message["final_at"] is not None
+
+
+def test_only_one_claim_wins(any_stack: Stack) -> None:
+    any_stack.configure()
+    mid = api.send_bulk([{"to": "79161234567", "text": "x", "at": LATER}])[0]
+    with db.session_scope() as s:
+        ledger.transition(s, mid, Status.QUEUED, source="sweeper")
+    wins: list[Any] = []
+    barrier = threading.Barrier(8)
+
+    def claim() -> None:
+        barrier.wait()
+        with db.session_scope() as s:
+            wins.append(ledger.transition(s, mid, Status.SENDING, source="send", expect={Status.QUEUED}))
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(w is not None for w in wins) == 1
+
+
+def test_idempotency_key(any_stack: Stack) -> None:
+    any_stack.configure()
+    first = api.send_bulk([{"to": "89161234567", "text": "code 1", "key": "order-1", "at": LATER}])
+    again = api.send_bulk([{"to": "+79161234567", "text": "code 1", "key": "order-1", "at": LATER}])
+    assert first == again  # the same number written another way is the same payload
+    with pytest.raises(IdempotencyConflict) as info:
+        api.send_bulk([{"to": "79161234567", "text": "code 2", "key": "order-1", "at": LATER}])
+    assert info.value.field == "messages[0].key"
+    with db.session_scope() as s:
+        assert ledger.count_by_status(s) == {"scheduled": 1}
+
+
+def test_bulk_is_all_or_nothing(any_stack: Stack) -> None:
+    any_stack.configure()
+    batch = [{"to": f"7916{n:07d}", "text": f"n{n}", "at": LATER} for n in range(10)]
+    batch[7]["to"] = "12345"
+    with pytest.raises(ValidationError) as info:
+        api.send_bulk(batch)
+    assert info.value.field == "messages[7].to"
+    with db.session_scope() as s:
+        assert ledger.count_by_status(s) == {}
+
+
+def test_bulk_same_key_twice_in_one_call(any_stack: Stack) -> None:
+    any_stack.configure()
+    at = LATER
+    ids = api.send_bulk([{"to": "79161234567", "text": "a", "key": "k", "at": at}] * 2)
+    assert ids[0] == ids[1]
+    with pytest.raises(IdempotencyConflict):
+        api.send_bulk(
+            [
+                {"to": "79161234567", "text": "a", "key": "j", "at": at},
+                {"to": "79161234567", "text": "b", "key": "j", "at": at},
+            ]
+        )

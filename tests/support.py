@@ -1,0 +1,197 @@
+"""A running stack for pipeline tests: the simulator, a Redis database, a ledger
+(SQLite file or PostgreSQL), a config file, and real Celery worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import create_engine, text
+
+from dispatcher import config, db
+from dispatcher.models import utcnow
+from dispatcher.simulator.core import Simulator
+from tests.conftest import sim_table
+from tests.host_commands import WORKER, host_argv
+
+REDIS_URL = os.environ.get("SMSDISPATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+PG_URL = os.environ.get("SMSDISPATCH_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+ROOT = Path(__file__).parent.parent
+
+# Pipeline settings that make a test run in seconds, not minutes.
+FAST_PIPELINE: dict[str, Any] = {
+    "backoff_base": 0.1,
+    "backoff_cap": 0.5,
+    "breaker_threshold": 3,
+    "breaker_cooldown": 2.0,
+    "exhausted_delay": 1.0,
+    "sweeper_interval": 1.0,
+    "sweeper_stale_after": 2.0,
+    "visibility_timeout": 15.0,
+    "soft_shutdown_timeout": 2.0,
+}
+
+
+# Polls every fraction of a second, so delivery reaches the ledger within a test.
+FAST_POLLING: dict[str, Any] = {"interval": 0.3, "intervals": [0.3, 0.5, 1.0], "queue_interval": 0.3}
+
+
+toml = config.to_toml
+
+
+def reset_postgres(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "DROP TABLE IF EXISTS status_events, attempts, messages, balance_readings, alembic_version"
+                " CASCADE"
+            )
+        )
+    engine.dispose()
+
+
+class Stack:
+    def __init__(self, sim: Simulator, tmp: Path, database: str = "sqlite", redis_url: str = REDIS_URL,
+                 db_url: str | None = None) -> None:  # fmt: skip
+        self.sim = sim
+        self.tmp = tmp
+        self.database = database
+        self.db_url = db_url or (f"sqlite:///{tmp / 'ledger.db'}" if database == "sqlite" else PG_URL)
+        self.redis_url = redis_url
+        self.redis = redis.Redis.from_url(redis_url)
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+        self.config_path = tmp / "smsdispatch.toml"
+        self.table: dict[str, Any] = {}
+
+    def configure(self, providers: Iterable[str] | None = None, pipeline: dict[str, Any] | None = None,
+                  polling: dict[str, Any] | None = None,
+                  **provider_overrides: dict[str, Any]) -> config.Settings:  # fmt: skip
+        """Write the config (only ``providers``, in that priority order) and install
+        it in this process too."""
+        table = sim_table(self.sim)
+        names = list(providers or table["providers"])
+        table["providers"] = {
+            n: {**table["providers"][n], "priority": (i + 1) * 10} for i, n in enumerate(names)
+        }
+        for name, overrides in provider_overrides.items():
+            table["providers"][name].update(overrides)
+        table["database_url"] = self.db_url
+        table["broker_url"] = self.redis_url
+        table["pipeline"] = {**FAST_PIPELINE, **(pipeline or {})}
+        table["polling"] = {**FAST_POLLING, **(polling or {})}
+        self.table = table
+        self.config_path.write_text(toml(table), encoding="utf-8")
+        settings = config.load(self.config_path, env={})
+        config.set_settings(settings)
+        os.environ["SMSDISPATCH_CONFIG"] = str(self.config_path)
+        from dispatcher.coordination import coordinator_for
+        from workers import app as worker_app
+
+        if self.redis_url == REDIS_URL:
+            # Only the shared test broker: the producer side of this process stays on it.
+            worker_app.configure(settings)
+        db.dispose_engines()
+        if self.database == "postgres":
+            reset_postgres(self.db_url)
+            db.upgrade(db.make_engine(self.db_url))
+        coordinator_for(self.redis_url).reset()
+        return settings
+
+    def start_worker(self, queues: str = "sms.high,sms.bulk,sms.control,sms.poll", concurrency: int = 2,
+                     beat: bool = False, loglevel: str = "info") -> subprocess.Popen[bytes]:  # fmt: skip
+        n = len(self.workers)
+        log = self.tmp / f"worker{n}.log"
+        args = host_argv(WORKER, "-Q", queues,
+                "-c", str(concurrency), "-P", "prefork", "-l", loglevel, "-n", f"w{n}-{os.getpid()}@%h",
+                "--without-gossip", "--without-mingle", "--without-heartbeat")  # fmt: skip
+        if beat:
+            args += ["-B", "-s", str(self.tmp / f"beat{n}")]
+        env = {**os.environ, "SMSDISPATCH_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.workers.append(proc)
+        self.logs.append(log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if b" ready." in log.read_bytes():
+                return proc
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready: {log.read_text()[-3000:]}")
+
+    def kill_worker(self, proc: subprocess.Popen[bytes]) -> None:
+        """kill -9 of the whole worker: the main process and its pool."""
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.workers:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        self.workers.clear()
+        db.dispose_engines()
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.logs)
+
+    def statuses(self, ids: Iterable[str]) -> dict[str, str]:
+        from dispatcher.models import MESSAGES
+
+        ids = list(ids)
+        out: dict[str, str] = {}
+        with db.session_scope() as s:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                rows = s.execute(MESSAGES.select().with_only_columns(MESSAGES.c.id, MESSAGES.c.status)
+                                 .where(MESSAGES.c.id.in_(chunk))).all()  # fmt: skip
+                out.update({r[0]: r[1] for r in rows})
+        return out
+
+    def wait_until(self, ids: Iterable[str], done: set[str], timeout: float = 30.0) -> dict[str, str]:
+        ids = list(ids)
+        deadline = time.monotonic() + timeout
+        statuses: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            statuses = self.statuses(ids)
+            if len(statuses) == len(ids) and all(s in done for s in statuses.values()):
+                return statuses
+            time.sleep(0.2)
+        return statuses
+
+
+TAKEN = {"accepted", "sent", "delivered"}  # a provider took it (polling may move it on)
+SETTLED = {"accepted", "sent", "delivered", "undelivered", "expired", "rejected", "failed", "unknown"}
+
+
+def now_plus(seconds: float) -> Any:
+    from datetime import timedelta
+
+    return utcnow() + timedelta(seconds=seconds)
+
+
+def run_cli(config_path: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`smsdispatch ARGS` as a user runs it, against one config file. Service commands
+    go through their host_commands entry (tests/host_commands.py)."""
+    from tests.host_commands import DOCTOR, host_argv
+
+    env = {"SMSDISPATCH_CONFIG": str(config_path), "PATH": "/usr/bin:/bin"}
+    argv = (
+        host_argv(DOCTOR, *args[1:]) if args and args[0] == "doctor" else host_argv(("smsdispatch",), *args)
+    )
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,1 @@
+"""Celery workers: the app, the send and polling tasks, the beat schedule."""

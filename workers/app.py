@@ -1,0 +1,197 @@
+"""The Celery app: queues, routes, crash-safety settings, the beat schedule.
+
+    celery -A workers.app worker -Q sms.high,sms.bulk,sms.control,sms.poll   # everything
+    celery -A workers.app worker -Q sms.high -c 4 -n high@%h       # one pool per queue
+    celery -A workers.app worker -Q sms.bulk -c 8 -n bulk@%h
+    celery -A workers.app beat
+
+Interactive messages (``priority="high"``: one-time codes) and bulk traffic have
+their own queues, so a pool that serves only ``sms.high`` is never behind a bulk run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery, signals
+from kombu.entity import Queue
+
+from dispatcher.config import Settings, get_settings
+
+QUEUES = {"high": "sms.high", "normal": "sms.bulk"}
+CONTROL_QUEUE = "sms.control"
+POLL_QUEUE = "sms.poll"
+SEND_TASK = "smsdispatch.send"
+SEND_MANY_TASK = "smsdispatch.send_many"
+
+app = Celery("smsdispatch", include=["workers.tasks"])
+
+
+def configure(settings: Settings) -> Celery:
+    """Apply ``settings`` to the app (at import, and again by tests and the demo)."""
+    p = settings.pipeline
+    app.conf.update(
+        broker_url=settings.broker_url,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        result_backend=None,
+        task_ignore_result=True,
+        # Crash safety: a task is acknowledged only after it ran; a worker process
+        # that dies mid-task gives its task back; one task at a time per process, so
+        # a dying process holds nothing else.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={
+            # Longer than any countdown we publish (pipeline.MAX_COUNTDOWN) and any call.
+            "visibility_timeout": p.visibility_timeout,
+            # kombu scans for unacked tasks of dead workers every interval*throttle
+            # seconds (~100 s by default, whatever the visibility timeout).
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
+        },
+        # On TERM, running sends get time to finish before the worker stops.
+        worker_soft_shutdown_timeout=p.soft_shutdown_timeout,
+        worker_enable_soft_shutdown_on_idle=True,
+        task_queues=[Queue(QUEUES["high"]), Queue(QUEUES["normal"]), Queue(CONTROL_QUEUE), Queue(POLL_QUEUE)],
+        task_default_queue=QUEUES["normal"],
+        task_routes={
+            SEND_TASK: {"queue": QUEUES["normal"]},
+            SEND_MANY_TASK: {"queue": QUEUES["normal"]},
+            "smsdispatch.sweep": {"queue": CONTROL_QUEUE},
+            "smsdispatch.balances": {"queue": CONTROL_QUEUE},
+            "smsdispatch.poll": {"queue": POLL_QUEUE},
+            "smsdispatch.status_queue": {"queue": POLL_QUEUE},
+        },
+        beat_schedule=beat_schedule(settings),
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_send_task_events=settings.flower.basic_auth is not None,
+        task_send_sent_event=settings.flower.basic_auth is not None,
+    )
+    return app
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The sweeper, a poll per provider instance, a status queue drain per prostor
+    instance with a queue, and the balance reader. Each entry expires before its
+    next run, so a backlog of periodic tasks never piles up behind a stopped worker."""
+    p, pol = settings.pipeline, settings.polling
+    schedule: dict[str, dict[str, Any]] = {
+        "sweep": {"task": "smsdispatch.sweep", "schedule": p.sweeper_interval,
+                  "options": {"expires": max(p.sweeper_interval * 2, 1)}},
+        "balances": {"task": "smsdispatch.balances", "schedule": pol.balance_interval,
+                     "options": {"expires": pol.balance_interval}},
+    }  # fmt: skip
+    for provider in settings.enabled_providers:
+        schedule[f"poll:{provider.name}"] = {
+            "task": "smsdispatch.poll", "schedule": pol.interval, "args": [provider.name],
+            "options": {"expires": max(pol.interval * 2, 1)},
+        }  # fmt: skip
+        if provider.kind == "prostor" and provider.option("status_queue"):
+            schedule[f"status_queue:{provider.name}"] = {
+                "task": "smsdispatch.status_queue", "schedule": pol.queue_interval, "args": [provider.name],
+                "options": {"expires": max(pol.queue_interval * 2, 1)},
+            }  # fmt: skip
+    return schedule
+
+
+def publish(message_id: str, priority: str, countdown: float = 0.0) -> None:
+    """Publish one send task for a message already committed to the ledger."""
+    app.send_task(
+        SEND_TASK,
+        args=[message_id],
+        queue=QUEUES.get(priority, QUEUES["normal"]),
+        countdown=countdown or None,
+    )
+
+
+def batch_routes(settings: Settings) -> tuple[set[str], bool]:
+    """Which provider instances the pipeline sends to in batches, and whether an
+    unpinned message's first choice is one of them (all of the top priority group)."""
+    from dispatcher.providers import adapter_class
+
+    batching = set()
+    for p in settings.enabled_providers:
+        cls = adapter_class(p.kind)
+        # SMStele stays per message in the pipeline (see SendPipeline.process_many).
+        if min(int(p.option("batch_size", cls.MAX_BATCH)), cls.MAX_BATCH) > 1 and not cls.STATUS_BY_CLIENT_ID:
+            batching.add(p.name)
+    providers = settings.enabled_providers
+    top = [p.name for p in providers if providers and p.priority == providers[0].priority]
+    return batching, bool(top) and all(name in batching for name in top)
+
+
+def publish_many(items: Sequence[tuple[str, str, str | None]]) -> None:
+    """Publish send tasks for many messages over one producer connection. Bulk
+    messages routed to a provider that takes batches go in chunks (one ``send_many``
+    task each, so they reach the provider together); all others get a task each, so
+    per-message sends spread over the whole pool. A high-priority message always has
+    a task of its own: a code never waits behind a chunk."""
+    settings = get_settings()
+    chunk = max(1, settings.pipeline.publish_batch)
+    batching, unpinned_batches = batch_routes(settings)
+    bulk = []
+    with app.producer_or_acquire() as producer:
+        for message_id, priority, pinned in items:
+            batchable = pinned in batching if pinned else unpinned_batches
+            if priority == "high" or not batchable:
+                queue = QUEUES["high"] if priority == "high" else QUEUES["normal"]
+                app.send_task(SEND_TASK, args=[message_id], queue=queue, producer=producer)
+            else:
+                bulk.append(message_id)
+        for start in range(0, len(bulk), chunk):
+            ids = bulk[start : start + chunk]
+            if len(ids) == 1:
+                app.send_task(SEND_TASK, args=ids, queue=QUEUES["normal"], producer=producer)
+            else:
+                app.send_task(SEND_MANY_TASK, args=[ids], queue=QUEUES["normal"], producer=producer)
+
+
+def queue_depth(priority: str) -> int | None:
+    """Tasks waiting in a priority's queue, or None when the broker cannot tell."""
+    try:
+        with app.connection_for_write() as conn:
+            client: Any = conn.default_channel.client
+            return int(client.llen(QUEUES.get(priority, QUEUES["normal"])))
+    except Exception:
+        return None
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _redact_logs(logger: Any = None, **_: Any) -> None:
+    # Celery sets up its own handlers; put the redacting filter on them, so that no
+    # library's log line (urllib3 logs whole URLs at DEBUG) carries a password.
+    from dispatcher.redact import install_log_redaction
+
+    install_log_redaction(logger)
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # Pooled database connections and Redis clients must not cross a fork.
+    from dispatcher.coordination import forget_coordinators
+    from dispatcher.db import dispose_engines
+    from workers.tasks import reset_pipeline
+
+    dispose_engines()
+    forget_coordinators()
+    reset_pipeline()
+
+
+def _flower_auth(settings: Settings) -> None:
+    """`celery -A workers.app flower` reads FLOWER_* variables after importing this
+    module: hand it the configured basic auth, and only in the Flower process."""
+    if "flower" in sys.argv[1:] and settings.flower.basic_auth:
+        os.environ.setdefault("FLOWER_BASIC_AUTH", settings.flower.basic_auth)
+        os.environ.setdefault("FLOWER_PORT", str(settings.flower.port))
+
+
+# At import, so that `celery -A workers.app` and producers get a configured app.
+configure(get_settings())
+_flower_auth(get_settings())

@@ -1,0 +1,131 @@
+"""The tasks. Each is a thin shell around ``dispatcher``: the logic is testable
+without Celery, and the task names are the interface other apps use."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dispatcher.config import get_settings
+from dispatcher.coordination import coordinator_for
+from dispatcher.errors import ValidationError
+from dispatcher.health import beat
+from dispatcher.pipeline import SendPipeline
+from workers.app import app, publish, queue_depth
+
+log = logging.getLogger("smsdispatch.tasks")
+
+_pipeline: SendPipeline | None = None
+
+
+def get_pipeline() -> SendPipeline:
+    global _pipeline
+    if _pipeline is None:
+        settings = get_settings()
+        _pipeline = SendPipeline(settings, publish, coordinator_for(settings.broker_url))
+    return _pipeline
+
+
+def reset_pipeline() -> None:
+    global _pipeline
+    if _pipeline is not None:
+        _pipeline.close()
+    _pipeline = None
+
+
+@app.task(name="smsdispatch.send", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def send(message_id: str | None = None, **fields: Any) -> str:
+    """Send one message from the ledger, or first store the one described by
+    ``fields`` (``to``, ``text``, ``sender``, ``key``, ``at``, ``ttl``, ``priority``,
+    ``provider``) for producers that publish by task name."""
+    if message_id is None:
+        try:
+            from dispatcher.api import create_from_task
+
+            message_id = create_from_task(fields)
+        except ValidationError as exc:
+            # Nothing was stored, nothing is sent; the producer's mistake is logged
+            # with the field at fault and the task ends (retrying cannot fix it).
+            log.error("smsdispatch.send refused its arguments: %s", exc)
+            return f"invalid: {exc}"
+    pipeline = get_pipeline()
+    beat("send", pipeline.settings)
+    return pipeline.process(message_id)
+
+
+@app.task(name="smsdispatch.send_many", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def send_many(message_ids: list[str]) -> dict[str, int]:
+    """Send a chunk of a bulk call: claimed together, batched per provider."""
+    pipeline = get_pipeline()
+    beat("send", pipeline.settings)
+    return pipeline.process_many(message_ids)
+
+
+@app.task(name="smsdispatch.sweep", ignore_result=True)
+def sweep() -> dict[str, int]:
+    from dispatcher.sweeper import sweep as run_sweep
+
+    pipeline = get_pipeline()
+    beat("sweep", pipeline.settings)
+    return run_sweep(pipeline, queue_depth)
+
+
+def _exclusive(name: str, interval: float) -> bool:
+    """Run a periodic job of one provider at most once per interval and never two at
+    once: a slot lock that expires before the next interval (so two beats started by
+    mistake do not double the work) and a run lock held while it runs."""
+    coordinator = get_pipeline().coordinator
+    if not coordinator.acquire_lock(f"slot:{name}", ttl=max(interval * 0.8, 0.2)):
+        return False
+    return coordinator.acquire_lock(f"run:{name}", ttl=600)
+
+
+def _done(name: str) -> None:
+    get_pipeline().coordinator.release_lock(f"run:{name}")
+
+
+@app.task(name="smsdispatch.poll", ignore_result=True)
+def poll(provider: str) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from dispatcher.tracking import poll_due
+
+    pipeline = get_pipeline()
+    if not _exclusive(f"poll:{provider}", pipeline.settings.polling.interval):
+        return {"skipped": provider}
+    try:
+        return asdict(poll_due(pipeline.settings, pipeline.coordinator, pipeline.provider(provider)))
+    finally:
+        _done(f"poll:{provider}")
+
+
+@app.task(name="smsdispatch.status_queue", ignore_result=True)
+def status_queue(provider: str) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from dispatcher.providers.prostor import Prostor
+    from dispatcher.tracking import drain_status_queue
+
+    pipeline = get_pipeline()
+    adapter = pipeline.provider(provider)
+    if not isinstance(adapter, Prostor) or not _exclusive(
+        f"queue:{provider}", pipeline.settings.polling.queue_interval
+    ):
+        return {"skipped": provider}
+    try:
+        return asdict(drain_status_queue(pipeline.settings, adapter))
+    finally:
+        _done(f"queue:{provider}")
+
+
+@app.task(name="smsdispatch.balances", ignore_result=True)
+def balances() -> list[dict[str, Any]]:
+    from dispatcher.tracking import read_balances
+
+    pipeline = get_pipeline()
+    if not _exclusive("balances", pipeline.settings.polling.balance_interval):
+        return []
+    try:
+        return read_balances(pipeline.settings, pipeline.coordinator)
+    finally:
+        _done("balances")
