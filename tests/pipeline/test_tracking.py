@@ -1,0 +1,144 @@
+"""Delivery tracking: polls, the prostor status queue, the horizon, balances."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import insert
+
+from dispatcher import api, db, ledger
+from dispatcher.coordination import coordinator_for
+from dispatcher.models import MESSAGES, utcnow
+from dispatcher.providers import make_provider
+from dispatcher.providers.base import OutgoingSms, StatusReport
+from dispatcher.simulator.core import Simulator
+from dispatcher.status import Status
+from dispatcher.tracking import apply_reports, poll_due, read_balances
+from tests.support import REDIS_URL, SETTLED, Stack
+
+FINAL = {"delivered", "undelivered", "rejected", "expired", "failed"}
+
+
+def test_every_kind_ends_final_with_events(any_stack: Stack, sim: Simulator) -> None:
+    any_stack.configure()
+    any_stack.start_worker(beat=True)
+    kinds = ["mysms", "sms1000", "smska", "smstele", "prostor"]
+    good = {k: api.send_sms("79161234567", f"ok {k}", provider=k) for k in kinds}
+    bad = {k: api.send_sms("79160000000", f"never {k}", provider=k) for k in kinds}
+    statuses = any_stack.wait_until([*good.values(), *bad.values()], FINAL, timeout=40)
+    for kind in kinds:
+        assert statuses[good[kind]] == "delivered", (kind, statuses[good[kind]])
+        # sms-ka.net has no "undelivered" word: its REJECTD is the nearest (sms-ka.md:117)
+        assert statuses[bad[kind]] == ("rejected" if kind == "smska" else "undelivered"), kind
+        message = api.get_message(good[kind])
+        assert message is not None
+        last = message["events"][-1]
+        assert last["new_status"] == "delivered" and last["raw"]  # the provider's own value kept
+        assert last["source"] == ("status_queue" if kind == "prostor" else "poll"), kind
+    # prostor reported through its status queue: no message was polled by id
+    assert sim["prostor"].state.stats()["requests"].get("status.json", 0) == 0
+    assert sim["prostor"].state.stats()["requests"].get("statusQueue.json", 0) > 0
+
+
+def test_silent_provider_ends_expired_at_the_horizon(stack: Stack) -> None:
+    stack.configure(providers=["mysms", "sms1000"], pipeline={"status_horizon": 2.0},
+              sms1000={"on_horizon": "unknown"})  # fmt: skip
+    stack.start_worker(beat=True)
+    silent = api.send_sms("79169999999", "no report ever", provider="mysms")
+    other = api.send_sms("79169999999", "no report either", provider="sms1000")
+    assert stack.wait_until([silent], {"expired"}, timeout=20)[silent] == "expired"
+    assert stack.wait_until([other], {"unknown"}, timeout=20)[other] == "unknown"
+    message = api.get_message(silent)
+    assert message is not None
+    assert "no final status from mysms within 2s" in message["events"][-1]["detail"]
+
+
+def test_late_and_out_of_order_reports_change_nothing(any_stack: Stack) -> None:
+    any_stack.configure(providers=["prostor"])
+    with db.session_scope() as s:
+        mid = ledger.insert_messages(s, [_new("79161234567")])[0]
+        ledger.transition(s, mid, Status.SENDING, source="send")
+        accepted = {"provider": "prostor", "provider_message_id": "P1"}
+        ledger.transition(s, mid, Status.ACCEPTED, source="send", fields=accepted)
+    reports = [
+        StatusReport("P1", Status.DELIVERED, "delivered"),
+        StatusReport("P1", Status.SENT, "smsc submit"),  # late
+        StatusReport("P1", Status.UNDELIVERED, "delivery error"),  # contradicting, after final
+        StatusReport("P1", Status.UNKNOWN, "gibberish"),
+    ]
+    assert apply_reports("prostor", reports, "poll") == 1
+    message = api.get_message(mid)
+    assert message is not None and message["status"] == "delivered"
+    assert [e["new_status"] for e in message["events"]] == ["queued", "sending", "accepted", "delivered"]
+    assert "gibberish" in (message["last_error"] or "")
+
+
+def _new(to: str) -> Any:
+    from dispatcher.config import get_settings
+    from dispatcher.validation import validate
+
+    return validate(get_settings(), to=to, text="t")
+
+
+def test_low_balance_diverts_traffic(stack: Stack, sim: Simulator) -> None:
+    settings = stack.configure(providers=["mysms", "prostor"], mysms={"balance_threshold": 1000.0})
+    sim["mysms"].state.account.balance = 500.0
+    rows = {r["provider"]: r for r in read_balances(settings, coordinator_for(REDIS_URL))}
+    assert rows["mysms"]["low"] and not rows["prostor"]["low"]
+    stack.start_worker()
+    mid = api.send_sms("79161234567", "divert me")
+    assert stack.wait_until([mid], SETTLED)[mid] in {"accepted", "sent", "delivered"}
+    assert (api.get_message(mid) or {})["provider"] == "prostor"
+    assert sim["mysms"].state.stats()["requests"].get("send/json", 0) == 0
+    from dispatcher.cli import provider_rows
+
+    shown = {r["provider"]: r for r in provider_rows(settings)}
+    assert shown["mysms"]["balance"] == 500.0 and shown["mysms"]["breaker"] == "closed"
+
+
+def test_polling_10000_prostor_messages_costs_50_calls(stack: Stack, sim: Simulator) -> None:
+    stack.configure(providers=["prostor"])
+    # no status queue here: every message is polled by id
+    table = stack.table
+    table["providers"]["prostor"].pop("status_queue", None)
+    from dispatcher import config
+    from tests.support import toml
+
+    stack.config_path.write_text(toml(table), encoding="utf-8")
+    settings = config.load(stack.config_path, env={})
+    config.set_settings(settings)
+    provider = make_provider(settings.provider("prostor"))
+    outcomes = provider.send([OutgoingSms(uuid.uuid4().hex, f"7916{n:07d}", "t") for n in range(10_000)])
+    now = utcnow()
+    rows = [
+        {"id": o.id, "payload_hash": "x", "to": "79160000001", "text": "t", "priority": "normal", "parts": 1,
+         "encoding": "gsm7", "status": "accepted", "provider": "prostor",
+         "provider_message_id": o.provider_message_id, "attempts": 1, "retries": 0, "failovers": 0,
+         "tried": "", "polls": 0, "created_at": now, "updated_at": now,
+         "expires_at": now.replace(year=now.year + 1),
+         "due_at": now, "accepted_at": now, "next_poll_at": now}
+        for o in outcomes
+    ]  # fmt: skip
+    with db.session_scope() as s:
+        s.execute(insert(MESSAGES), rows)
+    time.sleep(0.7)  # the simulator moves them on
+    before = sim["prostor"].state.stats()["requests"].get("status.json", 0)
+    stats = poll_due(settings, coordinator_for(REDIS_URL), provider)
+    calls = sim["prostor"].state.stats()["requests"]["status.json"] - before
+    assert stats.calls == calls == 50
+    assert stats.polled == 10_000 and stats.changed > 9_000
+    again = poll_due(settings, coordinator_for(REDIS_URL), provider)
+    assert again.calls == 0  # each message's next poll moved out
+
+
+def test_two_beats_do_not_double_a_poll(stack: Stack) -> None:
+    stack.configure(providers=["prostor"])
+    from workers import tasks
+
+    tasks.reset_pipeline()
+    first = tasks.poll.run("prostor")
+    second = tasks.poll.run("prostor")  # a second beat firing the same schedule
+    assert "skipped" not in first and second == {"skipped": "prostor"}
+    tasks.reset_pipeline()
