@@ -1,0 +1,158 @@
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine: every
+service runs a command the suite also runs on the host, and that command is run here."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+
+from dispatcher import config
+from dispatcher.cli import build_parser
+from tests.host_commands import API, BEAT, DB_UPGRADE, RUN_ON_HOST, WORKER, host_argv
+from tests.support import PG_URL, REDIS_URL, ROOT, Stack, reset_postgres
+from workers.app import CONTROL_QUEUE, POLL_QUEUE, QUEUES
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+OUR_SERVICES = {name: s for name, s in COMPOSE["services"].items() if "build" in s}
+
+
+def check_command(command: list[str]) -> None:
+    head = next((c for c in RUN_ON_HOST if tuple(command[: len(c)]) == c), None)
+    assert head is not None, f"{command} is not a command the test suite runs on the host"
+    if command[0] == "smsdispatch":
+        build_parser().parse_args(command[1:])  # the options exist and parse
+    if head == WORKER and "-Q" in command:
+        queues = set(command[command.index("-Q") + 1].split(","))
+        assert queues <= {*QUEUES.values(), CONTROL_QUEUE, POLL_QUEUE}, queues
+
+
+@pytest.mark.parametrize("service", sorted(OUR_SERVICES))
+def test_compose_service_commands_are_run_by_the_suite(service: str) -> None:
+    spec = OUR_SERVICES[service]
+    check_command(spec["command"])
+    health = spec.get("healthcheck", {}).get("test", [])
+    if health and health[0] == "CMD" and health[1] in ("smsdispatch", "celery"):
+        check_command(health[1:])
+
+
+def test_compose_shape() -> None:
+    services = COMPOSE["services"]
+    redis_cmd = services["redis"]["command"]
+    assert "--appendonly" in redis_cmd and redis_cmd[redis_cmd.index("--appendonly") + 1] == "yes"
+    assert redis_cmd[redis_cmd.index("--maxmemory-policy") + 1] == "noeviction"
+    for name, spec in services.items():
+        if name != "migrate":
+            assert "healthcheck" in spec, f"{name} has no healthcheck"
+    assert services["beat"]["deploy"]["replicas"] == 1
+    assert services["simulator"]["profiles"] == ["dev"]
+    for name in ("worker-send", "worker-poll"):
+        assert "container_name" not in services[name]  # scalable with --scale
+    env = (ROOT / "ops" / "smsdispatch.env").read_text()
+    assert "SMSDISPATCH_DATABASE_URL" in env and "SMSDISPATCH_BROKER_URL" in env
+    example = config.load(ROOT / "ops" / "smsdispatch.example.toml", env={})
+    assert example.api.token and example.flower.basic_auth
+
+
+def test_dockerfile_entry_points_are_run_by_the_suite() -> None:
+    text = (ROOT / "ops" / "Dockerfile").read_text()
+    found = re.findall(r"^(?:CMD|ENTRYPOINT|HEALTHCHECK .*?CMD)\s+(\[.*\])\s*$", text, re.M)
+    assert len(found) == 2
+    for raw in found:
+        check_command(json.loads(raw))
+
+
+def test_prometheus_rules_use_exported_metrics() -> None:
+    from dispatcher.http_api import render_metrics  # noqa: F401 - the exporter
+
+    rules = yaml.safe_load((ROOT / "ops" / "alerts.yml").read_text())
+    exported = set(
+        re.findall(r'"(smsdispatch_[a-z_0-9]+)', (ROOT / "dispatcher" / "http_api.py").read_text())
+    )
+    for rule in rules["groups"][0]["rules"]:
+        names = set(re.findall(r"smsdispatch_[a-z_0-9]+", rule["expr"]))
+        assert names and names <= exported, (rule["alert"], names - exported)
+
+
+def test_db_upgrade_on_postgres() -> None:
+    reset_postgres(PG_URL)
+    env = {**os.environ, "SMSDISPATCH_DATABASE_URL": PG_URL}
+    env.pop("SMSDISPATCH_CONFIG", None)
+    result = subprocess.run(
+        host_argv(DB_UPGRADE), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "revision 0002" in result.stdout
+    again = subprocess.run(
+        host_argv(DB_UPGRADE, "--json"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0  # idempotent
+    data = json.loads(again.stdout)
+    assert data["revision"] == data["was"] == "0002" and "postgres@" in data["database"]
+
+
+def test_standalone_beat_drives_the_sweeper(stack: Stack) -> None:
+    stack.configure(providers=["prostor"])
+    stack.start_worker()
+    env = {**os.environ, "SMSDISPATCH_CONFIG": str(stack.config_path)}
+    beat = subprocess.Popen(
+        host_argv(BEAT, "-s", str(stack.tmp / "schedule"), "-l", "warning"),
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        from dispatcher.coordination import coordinator_for
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and coordinator_for(REDIS_URL).get_value("heartbeat:sweep") is None:
+            time.sleep(0.3)
+        assert coordinator_for(REDIS_URL).get_value("heartbeat:sweep") is not None
+    finally:
+        os.killpg(beat.pid, signal.SIGTERM)
+        beat.wait(10)
+
+
+def test_api_command_serves(stack: Stack) -> None:
+    stack.configure(providers=["prostor"])
+    stack.table["api"] = {"token": "deploy-token-1"}
+    stack.config_path.write_text(config.to_toml(stack.table), encoding="utf-8")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "SMSDISPATCH_CONFIG": str(stack.config_path)}
+    proc = subprocess.Popen(
+        host_argv(API, "--host", "127.0.0.1", "--port", str(port)),
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        reply: Any = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                headers = {"Authorization": "Bearer deploy-token-1"}
+                reply = requests.get(f"http://127.0.0.1:{port}/v1/providers", headers=headers, timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        assert reply is not None and reply.status_code == 200
+        assert reply.json()[0]["provider"] == "prostor"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_api_refuses_to_start_without_a_token(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("", encoding="utf-8")
+    env = {**os.environ, "SMSDISPATCH_CONFIG": str(path)}
+    result = subprocess.run(host_argv(API), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3 and "api.token" in result.stderr
