@@ -1,0 +1,3 @@
+from tests.pipeline.conftest import stack
+
+__all__ = ["stack"]
