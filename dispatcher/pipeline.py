@@ -223,7 +223,7 @@ class SendPipeline:
         first_poll = now + timedelta(seconds=self.settings.polling.intervals[0])
         accepted = [m for m in batch if m.id in outcomes and outcomes[m.id].ok]
         if accepted:
-            self.coordinator.breaker_success(provider.name)
+            self._breaker_success(provider.name)
         by_status: dict[Status, list[dict[str, object]]] = defaultdict(list)
         for m in accepted:
             o = outcomes[m.id]
@@ -392,7 +392,7 @@ class SendPipeline:
             outcome, err = None, exc
         if err is None:
             assert outcome is not None
-            self.coordinator.breaker_success(provider.name)
+            self._breaker_success(provider.name)
             return self._accept(msg, provider.name, attempt_id, outcome, source="send")
         return self._after_error(msg, provider, attempt_id, err)
 
@@ -411,7 +411,7 @@ class SendPipeline:
         decision = decide(err, ctx)
         log.info("%s via %s: %s (%s): %s", msg.id, provider.name, decision.action, decision.reason, err)
         if decision.action == "reject":
-            self.coordinator.breaker_success(provider.name)  # it answered: it is healthy
+            self._breaker_success(provider.name)  # it answered: it is healthy
         else:
             self._breaker_failure(provider.name)
 
@@ -463,9 +463,24 @@ class SendPipeline:
             )
         return "failover"
 
+    # The breaker is advice about a provider's health; what the provider did is a fact
+    # only this worker knows. So these run between a call and its ledger write and must
+    # never raise: with Redis gone for a moment, an escaped error would leave a batch
+    # the provider took as an open attempt, settled later as `unknown`.
+    def _breaker_success(self, name: str) -> None:
+        try:
+            self.coordinator.breaker_success(name)
+        except Exception as exc:  # any coordinator outage
+            log.warning("breaker update for %s lost: %s", name, exc)
+
     def _breaker_failure(self, name: str) -> None:
         p = self.settings.pipeline
-        if self.coordinator.breaker_failure(name, p.breaker_threshold, p.breaker_cooldown):
+        try:
+            opened = self.coordinator.breaker_failure(name, p.breaker_threshold, p.breaker_cooldown)
+        except Exception as exc:  # any coordinator outage
+            log.warning("breaker update for %s lost: %s", name, exc)
+            return
+        if opened:
             log.warning("circuit open for %s: skipped for %.0fs", name, p.breaker_cooldown)
 
     def _accept(
