@@ -45,6 +45,9 @@ class ProviderConfig:
     # What to do when a worker died between the provider's answer and the ledger:
     # at-most-once marks the message `unknown`; at-least-once sends it again.
     delivery_guarantee: str = "at-most-once"
+    # A provider we can ask by our own id (SMStele) is asked this long after a call in
+    # doubt began, not at once: a request we gave up on may still be in its hands.
+    reconcile_after: float = 5.0
     balance_threshold: float | None = None  # below it, routing skips the provider
     # What a message becomes when no final status came within pipeline.status_horizon.
     on_horizon: str = "expired"
@@ -195,7 +198,7 @@ def _provider(name: str, table: Any) -> ProviderConfig:
     common = {
         "kind", "base_url", "login", "password", "sender", "priority", "enabled", "timeout",
         "connect_timeout", "rate_limit", "max_retries", "delivery_guarantee", "balance_threshold",
-        "on_horizon",
+        "on_horizon", "reconcile_after",
     }  # fmt: skip
     _reject_unknown(table, common | set(adapter.OPTIONS), where)
 
@@ -221,6 +224,9 @@ def _provider(name: str, table: Any) -> ProviderConfig:
     timeout = float(_take(table, "timeout", where, _NUMBER, 10.0))
     connect_timeout = float(_take(table, "connect_timeout", where, _NUMBER, 3.0))
     rate_limit = float(_take(table, "rate_limit", where, _NUMBER, 0.0))
+    reconcile_after = float(_take(table, "reconcile_after", where, _NUMBER, 5.0))
+    if reconcile_after < 0:
+        raise ConfigError(f"{where}reconcile_after", "must be 0 or more")
     max_retries = _take(table, "max_retries", where, int, 3)
     for key, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
         if value <= 0:
@@ -257,6 +263,7 @@ def _provider(name: str, table: Any) -> ProviderConfig:
         rate_limit=rate_limit,
         max_retries=max_retries,
         delivery_guarantee=guarantee,
+        reconcile_after=reconcile_after,
         balance_threshold=None if threshold is None else float(threshold),
         on_horizon=on_horizon,
         options=options,

@@ -31,7 +31,7 @@ from dispatcher.config import ProviderConfig, Settings
 from dispatcher.coordination import Coordinator
 from dispatcher.db import session_scope, write_through_outage
 from dispatcher.errors import Action, ProviderError, RetryableError
-from dispatcher.models import Message, utcnow
+from dispatcher.models import Attempt, Message, utcnow
 from dispatcher.providers import make_provider
 from dispatcher.providers.base import MessageRef, OutgoingSms, Provider, SendOutcome, StatusReport
 from dispatcher.status import Status
@@ -513,6 +513,18 @@ class SendPipeline:
         provider = self.provider(provider_name)
         cfg = provider.config
         if provider.STATUS_BY_CLIENT_ID:
+            # Asked at once, a provider still working on the request we gave up on
+            # answers "no such id" and we would send again: a duplicate. Wait first.
+            with session_scope() as s:
+                attempt = s.get(Attempt, attempt_id)
+                age = (utcnow() - attempt.started_at).total_seconds() if attempt else cfg.reconcile_after
+            if age < cfg.reconcile_after:
+                if source == "sweeper":
+                    return "busy"  # the next sweep asks
+                return self._release(
+                    msg, cfg.reconcile_after - age, f"asking {provider_name} whether it got the message",
+                    retry=False, provider=provider_name,
+                )  # fmt: skip
             try:
                 reports = provider.status_by_client_id(MessageRef(msg.id, None, msg.to))
             except ProviderError as exc:

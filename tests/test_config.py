@@ -105,6 +105,10 @@ def test_defaults_point_at_simulator() -> None:
         (lambda t: t.replace("priority = 1\n", 'priority = "1"\n'), "providers.main.priority"),
         (lambda t: t.replace("enabled = true", "enabled = 1"), "providers.main.enabled"),
         (
+            lambda t: t.replace("priority = 1\n", "priority = 1\nreconcile_after = -1\n"),
+            "providers.main.reconcile_after",
+        ),
+        (
             lambda t: t.replace('login = "acme2"', 'login = "acme2"\nformat = "xml"'),
             "providers.backup.format",
         ),

@@ -105,19 +105,25 @@ def test_hang_at_most_once_is_unknown_and_never_resent(stack: Stack, sim: Simula
 
 
 def test_hang_at_reconcilable_provider_is_asked_not_resent(stack: Stack, sim: Simulator) -> None:
-    stack.configure(providers=["smstele", "prostor"], smstele={"timeout": 0.3})
+    """The call times out at 0.3 s; the provider takes the message at 0.5 s; we ask it
+    by our id at 1 s (reconcile_after), find it, and send nothing again. Asked at once,
+    it would have said "no such id" and we would have sent a duplicate."""
+    stack.configure(providers=["smstele", "prostor"], smstele={"timeout": 0.3, "reconcile_after": 1.0})
     state = sim["smstele"].state
     state.faults.hang = True
     state.faults.hang_seconds = 0.5  # the provider takes the message after we gave up
     stack.start_worker()
     mid = api.send_sms("79161234567", "ask first")
-    time.sleep(0.4)
-    state.faults.hang = False
+    deadline = time.monotonic() + 20
+    while not sum(state.stats()["requests"].values()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    state.faults.hang = False  # only the send is held; the question later is answered at once
     assert stack.wait_until([mid], SETTLED, timeout=20)[mid] in TAKEN
     assert state.stats()["messages"] == 1 and state.stats()["duplicates"] == 0
     message = api.get_message(mid)
     assert message is not None and message["provider"] == "smstele"
-    assert "reconciled" in [a["outcome"] for a in message["attempts"]]
+    assert [a["outcome"] for a in message["attempts"]] == ["reconciled"]
+    assert any("whether it got" in (e["detail"] or "") for e in message["events"]), message["events"]
     assert sim["prostor"].state.stats()["messages"] == 0
 
 
