@@ -19,6 +19,7 @@ import heapq
 import itertools
 import json
 import random
+import sys
 import threading
 import time
 from collections import Counter
@@ -396,6 +397,13 @@ class _Server(ThreadingHTTPServer):
         self.sim = sim
         self.base_path = base_path
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client killed mid-request (the fault suite's kill -9) resets its sockets:
+        # that is the client's news, not a simulator error worth a traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class SimServer:
