@@ -119,9 +119,9 @@ def test_soak_memory_and_queues_stay_bounded(
     print(f"\nFAULT soak {seconds:.0f}s: {figures}")
     assert lost == 0
     assert len(ids) >= RATE * seconds * 0.9, "the producer fell behind its own rate"
-    # The pool keeps up: the broker queue and the send backlog stay near empty (a
-    # second's worth of messages), never climbing with time.
-    assert figures["queue_max"] <= RATE and figures["backlog_max"] <= 2 * RATE, samples
+    # The pool keeps up: the broker queue and the send backlog stay within a few
+    # seconds' worth of messages (a sample may catch a poll burst), never climbing.
+    assert figures["queue_max"] <= 2 * RATE and figures["backlog_max"] <= 5 * RATE, samples
     assert not grows([s["backlog"] for s in samples], slack=RATE / 2), samples
     # Tracking holds what the providers have not reported yet, a plateau, not a ramp.
     assert not grows([s["tracking"] for s in samples], slack=RATE * 2), samples
