@@ -2,7 +2,7 @@
 a producer process: traffic moves to the next provider within seconds and comes back
 after it recovers. Runs on Redis and PostgreSQL of the test's own.
 
-The CI versions break the provider for 4 seconds; ``pytest -m slow tests/faults`` runs
+The CI versions break the provider for 6 seconds; ``pytest -m slow tests/faults`` runs
 the one-minute outages.
 """
 
@@ -38,7 +38,7 @@ FAULTS = {
 @pytest.mark.parametrize(
     "outage_for",
     [
-        pytest.param(4.0, id="4s"),
+        pytest.param(6.0, id="6s"),
         pytest.param(60.0, id="1min", marks=[pytest.mark.slow, pytest.mark.timeout(600)]),
     ],
 )
