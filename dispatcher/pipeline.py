@@ -171,10 +171,8 @@ class SendPipeline:
         with session_scope() as s:
             claimed = ledger.transition_many(
                 s, [{"id": m} for m in message_ids], Status.SENDING, expect=Status.QUEUED,
-                source="send", due_before=now,
+                source="send", due_before=now, also={"claimed_at": now},
             )  # fmt: skip
-            if claimed:
-                ledger.update_many_claimed(s, claimed, now)
             messages = list(s.exec(orm_select(Message).where(col(Message.id).in_(claimed))))
         counts["skipped"] = len(message_ids) - len(claimed)
         groups: dict[str, list[Message]] = defaultdict(list)
