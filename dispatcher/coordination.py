@@ -18,6 +18,9 @@ import redis
 
 PREFIX = "smsd:"
 
+# What breaker_allows answers: falsy only when the provider is to be skipped.
+SKIP, CLOSED, PROBE = 0, 1, 2
+
 
 @dataclass
 class BreakerState:
@@ -30,7 +33,9 @@ class BreakerState:
 class Coordinator:
     """Plain base class; see the two implementations below."""
 
-    def breaker_allows(self, name: str, probe_ttl: float) -> bool:
+    def breaker_allows(self, name: str, probe_ttl: float) -> int:
+        """CLOSED: use it. PROBE: the breaker is half-open and this caller holds the
+        one probe for ``probe_ttl`` seconds. SKIP (0): open, or another probe is out."""
         raise NotImplementedError
 
     def breaker_failure(self, name: str, threshold: int, cooldown: float) -> bool:
@@ -133,8 +138,8 @@ class RedisCoordinator(Coordinator):
         self._rate = self.client.register_script(_RATE)
         self._state = self.client.register_script(_STATE)
 
-    def breaker_allows(self, name: str, probe_ttl: float) -> bool:
-        return int(self._allow(keys=[f"{PREFIX}breaker:{name}"], args=[int(probe_ttl * 1000)])) > 0
+    def breaker_allows(self, name: str, probe_ttl: float) -> int:
+        return int(self._allow(keys=[f"{PREFIX}breaker:{name}"], args=[int(probe_ttl * 1000)]))
 
     def breaker_failure(self, name: str, threshold: int, cooldown: float) -> bool:
         key = f"{PREFIX}breaker:{name}"
@@ -198,16 +203,16 @@ class MemoryCoordinator(Coordinator):
             name, {"open_until": 0.0, "probe_until": 0.0, "failures": 0, "opens": 0}
         )
 
-    def breaker_allows(self, name: str, probe_ttl: float) -> bool:
+    def breaker_allows(self, name: str, probe_ttl: float) -> int:
         now = time.monotonic()
         with self._lock:
             b = self._b(name)
             if b["open_until"] == 0:
-                return True
+                return CLOSED
             if now < b["open_until"] or now < b["probe_until"]:
-                return False
+                return SKIP
             b["probe_until"] = now + probe_ttl
-            return True
+            return PROBE
 
     def breaker_failure(self, name: str, threshold: int, cooldown: float) -> bool:
         now = time.monotonic()

@@ -28,7 +28,7 @@ from sqlmodel import select as orm_select
 
 from dispatcher import ledger
 from dispatcher.config import ProviderConfig, Settings
-from dispatcher.coordination import Coordinator
+from dispatcher.coordination import PROBE, Coordinator
 from dispatcher.db import session_scope, write_through_outage
 from dispatcher.errors import Action, ProviderError, RetryableError
 from dispatcher.models import Attempt, Message, utcnow
@@ -348,13 +348,31 @@ class SendPipeline:
             if allowed is not None and name in allowed:
                 ok = allowed[name]
             else:
-                ok = self.coordinator.breaker_allows(name, probe_ttl=min(cooldown, self.max_lease))
+                gate = self.coordinator.breaker_allows(name, probe_ttl=min(cooldown, self.max_lease))
+                ok = self._probe(name) if gate == PROBE else bool(gate)
                 if allowed is not None:
                     allowed[name] = ok
             if not ok:
                 continue
             return self.provider(name)
         return None
+
+    def _probe(self, name: str) -> bool:
+        """The half-open breaker's one probe. A call that sends nothing (the balance)
+        goes first where the provider has one: a provider still hanging or failing
+        then costs a timeout, not a message in doubt (a hung send may go out later,
+        a duplicate at at-least-once, `unknown` at at-most-once). If it answers, the
+        message itself is the probe, as it is for providers with no such call."""
+        provider = self.provider(name)
+        if not provider.HAS_BALANCE:
+            return True
+        try:
+            provider.balance()
+        except ProviderError as exc:
+            log.info("probe of %s failed, still skipped: %s", name, exc)
+            self._breaker_failure(name)
+            return False
+        return True
 
     def _route_order(self, message_id: str) -> list[str]:
         """Providers by priority; instances of equal priority share the traffic,

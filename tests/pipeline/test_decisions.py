@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from dispatcher.coordination import Coordinator, MemoryCoordinator, RedisCoordinator
+from dispatcher import api
+from dispatcher.coordination import CLOSED, PROBE, SKIP, Coordinator, MemoryCoordinator, RedisCoordinator
 from dispatcher.errors import FailoverError, ProviderError, RejectedError, RetryableError
-from dispatcher.pipeline import CallContext, backoff, decide
-from tests.support import REDIS_URL
+from dispatcher.pipeline import CallContext, SendPipeline, backoff, decide
+from dispatcher.simulator.core import Simulator
+from tests.support import REDIS_URL, Stack
 
 
 def ctx(**kw: object) -> CallContext:
@@ -61,19 +64,19 @@ def coordinator(request: pytest.FixtureRequest) -> Iterator[Coordinator]:
 
 
 def test_breaker_opens_probes_and_closes(coordinator: Coordinator) -> None:
-    assert coordinator.breaker_allows("p", probe_ttl=5)
+    assert coordinator.breaker_allows("p", probe_ttl=5) == CLOSED
     assert not coordinator.breaker_failure("p", threshold=3, cooldown=0.5)
     assert not coordinator.breaker_failure("p", threshold=3, cooldown=0.5)
     assert coordinator.breaker_failure("p", threshold=3, cooldown=0.5)  # third: open
     assert coordinator.breaker_state("p").state == "open"
-    assert not coordinator.breaker_allows("p", probe_ttl=5)
+    assert coordinator.breaker_allows("p", probe_ttl=5) == SKIP
     time.sleep(0.6)
     assert coordinator.breaker_state("p").state == "half-open"
-    assert coordinator.breaker_allows("p", probe_ttl=5)  # one probe
-    assert not coordinator.breaker_allows("p", probe_ttl=5)  # not two at once
+    assert coordinator.breaker_allows("p", probe_ttl=5) == PROBE  # one probe
+    assert coordinator.breaker_allows("p", probe_ttl=5) == SKIP  # not two at once
     coordinator.breaker_success("p")
     assert coordinator.breaker_state("p").state == "closed"
-    assert coordinator.breaker_allows("p", probe_ttl=5)
+    assert coordinator.breaker_allows("p", probe_ttl=5) == CLOSED
     assert coordinator.breaker_state("p").opens == 1
 
 
@@ -81,7 +84,7 @@ def test_failed_probe_reopens(coordinator: Coordinator) -> None:
     for _ in range(2):
         coordinator.breaker_failure("q", threshold=2, cooldown=0.3)
     time.sleep(0.35)
-    assert coordinator.breaker_allows("q", probe_ttl=5)
+    assert coordinator.breaker_allows("q", probe_ttl=5) == PROBE
     assert coordinator.breaker_failure("q", threshold=2, cooldown=0.3)
     state = coordinator.breaker_state("q")
     assert state.state == "open" and state.opens == 2
@@ -110,3 +113,42 @@ def test_locks_and_values(coordinator: Coordinator) -> None:
     coordinator.set_value("balance:x", "12.5")
     assert coordinator.get_value("balance:x") == "12.5"
     assert coordinator.get_value("balance:none") is None
+
+
+def test_half_open_probe_asks_the_balance_before_risking_a_message(stack: Stack, sim: Simulator) -> None:
+    """my-sms.ru hangs past the timeout. At-least-once, a hung send is sent again via
+    prostor while my-sms.ru may still deliver it: a duplicate. Once its breaker is
+    open, each half-open probe is a balance call, so the outage costs no more
+    messages in doubt; when the balance answers again, a message goes through it."""
+    settings = stack.configure(
+        providers=["mysms", "prostor"],
+        mysms={"timeout": 0.3, "max_retries": 0, "delivery_guarantee": "at-least-once"},
+        pipeline={"breaker_threshold": 1, "breaker_cooldown": 0.5},
+    )
+    published: list[Any] = []
+    api.use_publisher(lambda items: published.extend(items))
+    coordinator = RedisCoordinator(REDIS_URL)
+    pipeline = SendPipeline(settings, lambda *a: published.append(a), coordinator)
+    state = sim["mysms"].state
+    state.faults.update({"hang": True, "hang_seconds": 1.0})
+    try:
+        first = api.send_sms("79161234561", "in doubt")
+        assert pipeline.process(first) == "accepted"  # via prostor, after the hang
+        for n in range(3):  # each after a cool-down: three probes, all balance calls
+            time.sleep(0.6)
+            mid = api.send_sms(f"7916123457{n}", f"during {n}")
+            assert pipeline.process(mid) == "accepted"
+            assert (api.get_message(mid) or {})["provider"] == "prostor"
+        sends = sum(v for k, v in state.stats()["requests"].items() if "credit" not in k)
+        credits = sum(v for k, v in state.stats()["requests"].items() if "credit" in k)
+        assert (sends, credits) == (1, 3)
+        state.reset_faults()
+        time.sleep(0.6)
+        back = api.send_sms("79161234580", "recovered")
+        assert pipeline.process(back) == "accepted"
+        assert (api.get_message(back) or {})["provider"] == "mysms"
+        assert coordinator.breaker_state("mysms").state == "closed"
+    finally:
+        state.reset_faults()
+        api.use_publisher(None)
+        pipeline.close()
