@@ -32,10 +32,10 @@ def _bulk_update(
 ) -> list[Any] | None:
     """UPDATE many rows, each with its own values: ``rows`` are ``{key: ..., column:
     value}`` with the same columns, ``fixed`` applies to all. On PostgreSQL one
-    statement, ``UPDATE ... FROM (VALUES ...)``, returning the keys it matched; the
-    executemany that other databases get costs a round trip per row there (it was
-    most of a 200-message batch's write-back in the profile). Elsewhere an
-    executemany, which cannot say what matched: returns None."""
+    statement, ``UPDATE ... FROM unnest(arrays)``, returning the keys it matched: an
+    executemany is a statement per row there, and it was the largest part of a
+    200-message batch's write-back in the profile. Elsewhere (SQLite, local and
+    cheap per statement) an executemany, which cannot say what matched: None."""
     names = [n for n in rows[0] if n != key]
     if session.get_bind().dialect.name == "postgresql":
         # One array parameter per column, unnested into rows: the statement's text is
@@ -345,7 +345,8 @@ def start_attempts(session: Session, message_ids: Sequence[str], provider: str, 
 
 
 def finish_attempts(session: Session, finished: Sequence[dict[str, Any]]) -> None:
-    """``finish_attempt`` for a batch, in one statement. Each item: id, outcome, raw."""
+    """``finish_attempt`` for a batch (one statement on PostgreSQL). Each item: id,
+    outcome, raw."""
     if not finished:
         return
     rows = [{"id": f["id"], "outcome": f["outcome"], "raw": f.get("raw")} for f in finished]
