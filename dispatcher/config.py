@@ -87,6 +87,9 @@ class PipelineConfig:
     visibility_timeout: float = 300.0  # Redis redelivers an unacked task after this; > any countdown
     soft_shutdown_timeout: float = 20.0  # on TERM, running sends get this long to finish
     publish_batch: int = 100  # bulk messages per send task (one-time codes always go alone)
+    # A normal-priority message bound for a provider that takes batches waits this long
+    # for others due for it, and goes with them in one call (one-time codes never wait).
+    linger: float = 0.05
 
 
 @dataclass(frozen=True)

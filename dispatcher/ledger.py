@@ -351,3 +351,22 @@ def finish_attempts(session: Session, finished: Sequence[dict[str, Any]]) -> Non
         return
     rows = [{"id": f["id"], "outcome": f["outcome"], "raw": f.get("raw")} for f in finished]
     _bulk_update(session, ATTEMPTS, "id", rows, {"finished_at": utcnow()})
+
+
+def due_mates(session: Session, msg: Message, pinned: str | None, now: datetime, limit: int) -> list[str]:
+    """Other queued, due, never-tried normal messages that a batch with ``msg`` may
+    take: pinned to the same provider, or unpinned like it. Oldest first."""
+    query = (
+        select(MESSAGES.c.id)
+        .where(
+            MESSAGES.c.status == Status.QUEUED.value,
+            MESSAGES.c.due_at <= now,
+            MESSAGES.c.priority == msg.priority,
+            MESSAGES.c.attempts == 0,
+            MESSAGES.c.id != msg.id,
+            MESSAGES.c.provider_pinned == pinned if pinned else MESSAGES.c.provider_pinned.is_(None),
+        )
+        .order_by(MESSAGES.c.due_at)
+        .limit(limit)
+    )
+    return list(session.execute(query).scalars())

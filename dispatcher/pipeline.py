@@ -149,17 +149,57 @@ class SendPipeline:
                 if wait <= MAX_COUNTDOWN:
                     self.publish(message_id, msg.priority, wait)
                 return "early"
-            claimed = ledger.transition(
-                s,
-                message_id,
-                Status.SENDING,
-                source="send",
-                expect={Status.QUEUED},
-                fields={"claimed_at": now},
-            )
+            route = self._batch_route(msg) if status == Status.QUEUED else None
+            claimed = None
+            if route is None:
+                claimed = ledger.transition(
+                    s,
+                    message_id,
+                    Status.SENDING,
+                    source="send",
+                    expect={Status.QUEUED},
+                    fields={"claimed_at": now},
+                )
+        if route is not None:
+            # Wait a moment for others due for the same provider, outside any
+            # transaction, then claim, send and write back all of them together; the
+            # mates' own tasks find them taken and do nothing.
+            time.sleep(self.settings.pipeline.linger)
+            self.process_many([message_id, *self._mates(msg, route)])
+            with session_scope() as s:
+                after = ledger.get(s, message_id)
+            return after.status if after is not None else "missing"
         if claimed is None:
             return self._not_claimed(msg, status)
         return self._run(message_id)
+
+    def _batch_route(self, msg: Message) -> Provider | None:
+        """The provider a message would wait for company for: its first choice, when
+        that takes batches and the message is a never-tried normal one. None: it goes
+        alone (one-time codes never wait)."""
+        if self.settings.pipeline.linger <= 0 or msg.priority == "high" or msg.attempts or msg.tried:
+            return None
+        name = self._first_choice(msg.id, msg.provider_pinned)
+        if name is None or name not in {p.name for p in self.settings.enabled_providers}:
+            return None
+        provider = self.provider(name)
+        if provider.batch_size <= 1 or provider.STATUS_BY_CLIENT_ID:
+            return None  # see process_many: SMStele stays one message per call
+        if provider.config.rate_limit > 0:
+            return None  # a batch would reach it as a burst: it gets messages at its pace
+        return provider
+
+    def _first_choice(self, message_id: str, pinned: str | None) -> str | None:
+        return pinned or next(iter(self._route_order(message_id)), None)
+
+    def _mates(self, msg: Message, route: Provider) -> list[str]:
+        """Other messages due for the same provider as ``msg``, up to a full batch."""
+        with session_scope() as s:
+            candidates = ledger.due_mates(s, msg, msg.provider_pinned, utcnow(), 2 * route.batch_size)
+        # Unpinned messages share equal-priority providers by id: keep those whose first
+        # choice is this one, so the others keep their share.
+        same = [m for m in candidates if self._first_choice(m, msg.provider_pinned) == route.name]
+        return same[: route.batch_size - 1]
 
     def process_many(self, message_ids: Sequence[str]) -> dict[str, int]:
         """Run one task for many messages (a chunk of a bulk call): claim them in one
@@ -277,7 +317,9 @@ class SendPipeline:
             age = (utcnow() - msg.claimed_at).total_seconds() if msg.claimed_at else self.max_lease
             if age >= self.max_lease:
                 return self.recover(msg.id)
-            self.publish(msg.id, msg.priority, min(self.max_lease - age + 0.5, MAX_COUNTDOWN))
+            # Held: the holder finishes it, or the sweeper recovers it once the claim is
+            # stale. No task is republished here: a message claimed by another task's
+            # batch (see _batch_route) would get a needless task for each of its mates.
             return "busy"
         return "skipped"  # scheduled (the sweeper releases it), already sent, final
 

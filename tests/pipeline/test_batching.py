@@ -111,3 +111,20 @@ def test_a_coordinator_outage_after_the_call_loses_nothing(stack: Stack, sim: Si
         message = api.get_message(mid)
         assert message is not None
         assert all(a["finished_at"] is not None for a in message["attempts"]), message["attempts"]
+
+
+def test_single_sends_linger_and_go_together(stack: Stack, sim: Simulator) -> None:
+    """Messages queued one by one (send_sms: a task each) for a provider that takes
+    batches wait `linger` for others due for it and go in shared calls; one-time
+    codes (priority high) never wait and always go alone."""
+    stack.configure(providers=["prostor"], pipeline={"linger": 0.2})
+    stack.start_worker()
+    ids = [api.send_sms(f"7916{n:07d}", f"one by one {n}") for n in range(1, 41)]
+    statuses = stack.wait_until(ids, SETTLED, timeout=60)
+    assert set(statuses.values()) <= TAKEN, statuses
+    calls = sim["prostor"].state.stats()["requests"]["send.json"]
+    assert calls <= 10, calls  # 40 tasks, a handful of calls
+    assert sim["prostor"].state.stats()["duplicates"] == 0
+    codes = [api.send_sms(f"7926{n:07d}", f"code {n}", priority="high") for n in range(1, 6)]
+    assert set(stack.wait_until(codes, SETTLED, timeout=60).values()) <= TAKEN
+    assert sim["prostor"].state.stats()["requests"]["send.json"] == calls + 5

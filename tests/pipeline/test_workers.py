@@ -40,9 +40,14 @@ def test_failover_then_probe_after_cooldown(any_stack: Stack, sim: Simulator) ->
     assert set(statuses.values()) <= TAKEN, statuses
     assert sim["prostor"].state.stats()["messages"] == 20
     assert sim["mysms"].state.stats()["messages"] == 0
-    # The breaker opened after 3 failures: later messages skipped mysms outright.
+    # One shared call (the messages lingered for each other) or a few single ones,
+    # then the breaker opened: later messages skipped mysms outright.
     mysms_calls = sim["mysms"].state.stats()["requests"].get("send/json", 0)
-    assert 3 <= mysms_calls < 20
+    assert 1 <= mysms_calls < 20
+    from dispatcher.coordination import coordinator_for
+    from tests.support import REDIS_URL
+
+    assert coordinator_for(REDIS_URL).breaker_state("mysms").opens >= 1
     # After the cool-down (2 s) one message probes the recovered provider...
     sim["mysms"].state.faults.auth_fail = False
     time.sleep(2.5)
@@ -50,9 +55,6 @@ def test_failover_then_probe_after_cooldown(any_stack: Stack, sim: Simulator) ->
     assert any_stack.wait_until([probe], SETTLED)[probe] in TAKEN
     assert (api.get_message(probe) or {})["provider"] == "mysms"
     # ...its success closes the breaker, and traffic is back on the first choice.
-    from dispatcher.coordination import coordinator_for
-    from tests.support import REDIS_URL
-
     assert coordinator_for(REDIS_URL).breaker_state("mysms").state == "closed"
     later = [api.send_sms(f"7926{n:07d}", f"later {n}") for n in range(5)]
     assert set(any_stack.wait_until(later, SETTLED).values()) <= TAKEN
