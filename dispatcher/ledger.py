@@ -353,7 +353,7 @@ def finish_attempts(session: Session, finished: Sequence[dict[str, Any]]) -> Non
     _bulk_update(session, ATTEMPTS, "id", rows, {"finished_at": utcnow()})
 
 
-def due_mates(session: Session, msg: Message, pinned: str | None, now: datetime, limit: int) -> list[str]:
+def due_mates(session: Session, msg: Message, now: datetime, limit: int) -> list[str]:
     """Other queued, due, never-tried normal messages that a batch with ``msg`` may
     take: pinned to the same provider, or unpinned like it. Oldest first."""
     query = (
@@ -364,7 +364,9 @@ def due_mates(session: Session, msg: Message, pinned: str | None, now: datetime,
             MESSAGES.c.priority == msg.priority,
             MESSAGES.c.attempts == 0,
             MESSAGES.c.id != msg.id,
-            MESSAGES.c.provider_pinned == pinned if pinned else MESSAGES.c.provider_pinned.is_(None),
+            MESSAGES.c.provider_pinned == msg.provider_pinned
+            if msg.provider_pinned
+            else MESSAGES.c.provider_pinned.is_(None),
         )
         .order_by(MESSAGES.c.due_at)
         .limit(limit)

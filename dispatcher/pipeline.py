@@ -195,7 +195,7 @@ class SendPipeline:
     def _mates(self, msg: Message, route: Provider) -> list[str]:
         """Other messages due for the same provider as ``msg``, up to a full batch."""
         with session_scope() as s:
-            candidates = ledger.due_mates(s, msg, msg.provider_pinned, utcnow(), 2 * route.batch_size)
+            candidates = ledger.due_mates(s, msg, utcnow(), 2 * route.batch_size)
         # Unpinned messages share equal-priority providers by id: keep those whose first
         # choice is this one, so the others keep their share.
         same = [m for m in candidates if self._first_choice(m, msg.provider_pinned) == route.name]
