@@ -86,7 +86,12 @@ class PipelineConfig:
     )
     visibility_timeout: float = 300.0  # Redis redelivers an unacked task after this; > any countdown
     soft_shutdown_timeout: float = 20.0  # on TERM, running sends get this long to finish
-    publish_batch: int = 100  # bulk messages per send task (one-time codes always go alone)
+    publish_batch: int = 100  # bulk messages per send task to a provider that takes batches
+    # Bulk messages per send task to a provider that takes one per call: the task makes
+    # their calls concurrently (at most `call_concurrency` at once per worker process)
+    # and writes their outcomes back in one transaction. One-time codes always go alone.
+    group_size: int = 25
+    call_concurrency: int = 32
     # A normal-priority message bound for a provider that takes batches waits this long
     # for others due for it, and goes with them in one call (one-time codes never wait).
     linger: float = 0.05
@@ -306,6 +311,9 @@ def _section(data: Mapping[str, Any], name: str, cls: type[Any]) -> Any:
         values[key] = float(value) if isinstance(default, float) else value
         if isinstance(values[key], (int, float)) and not isinstance(values[key], bool) and values[key] < 0:
             raise ConfigError(f"{name}.{key}", "must not be negative")
+    for key in ("publish_batch", "group_size", "call_concurrency"):
+        if name == "pipeline" and values[key] < 1:
+            raise ConfigError(f"{name}.{key}", "must be at least 1")
     for key in ("token", "basic_auth"):
         if key in values:
             register_secret(values[key])

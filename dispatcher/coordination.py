@@ -20,6 +20,16 @@ PREFIX = "smsd:"
 
 # What breaker_allows answers: falsy only when the provider is to be skipped.
 SKIP, CLOSED, PROBE = 0, 1, 2
+# What gate answers besides those: the last balance read is under the threshold.
+LOW_BALANCE = 3
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One provider's standing for a group of messages, read in one round trip."""
+
+    decision: int  # SKIP, CLOSED, PROBE or LOW_BALANCE
+    failures: int  # consecutive failures so far (0: a success need not be recorded)
 
 
 @dataclass
@@ -38,8 +48,14 @@ class Coordinator:
         one probe for ``probe_ttl`` seconds. SKIP (0): open, or another probe is out."""
         raise NotImplementedError
 
-    def breaker_failure(self, name: str, threshold: int, cooldown: float) -> bool:
-        """Record a provider-level or transient failure; True when the breaker is open."""
+    def gate(self, name: str, probe_ttl: float, balance_threshold: float | None) -> Gate:
+        """``breaker_allows`` and the balance check in one call: LOW_BALANCE when the
+        last balance read is under ``balance_threshold`` (nothing is taken then)."""
+        raise NotImplementedError
+
+    def breaker_failure(self, name: str, threshold: int, cooldown: float, count: int = 1) -> bool:
+        """Record ``count`` provider-level or transient failures; True when the
+        breaker is open."""
         raise NotImplementedError
 
     def breaker_success(self, name: str) -> None:
@@ -50,6 +66,13 @@ class Coordinator:
 
     def rate_acquire(self, name: str, per_second: float) -> float:
         """Take one slot; 0.0 when granted, else the seconds to wait (nothing taken)."""
+        raise NotImplementedError
+
+    def rate_reserve(self, name: str, per_second: float, cost: int, max_wait: float) -> tuple[bool, float]:
+        """Reserve ``cost`` consecutive slots in one call. ``(True, wait)``: the first
+        slot starts in ``wait`` seconds and the others follow at the rate;
+        ``(False, wait)``: the first free slot is more than ``max_wait`` away, nothing
+        was taken, come back in ``wait`` seconds."""
         raise NotImplementedError
 
     def acquire_lock(self, name: str, ttl: float) -> bool:
@@ -86,6 +109,24 @@ return 2
 """
 )
 
+_GATE = (
+    _NOW
+    + """
+if ARGV[2] ~= '' then
+  local balance = tonumber(redis.call('GET', KEYS[2]) or '')
+  if balance ~= nil and balance < tonumber(ARGV[2]) then return {3, 0} end
+end
+local h = redis.call('HMGET', KEYS[1], 'open_until', 'probe_until', 'failures')
+local open_until = tonumber(h[1] or '0')
+local failures = tonumber(h[3] or '0')
+if open_until == 0 then return {1, failures} end
+if now < open_until then return {0, failures} end
+if now < tonumber(h[2] or '0') then return {0, failures} end
+redis.call('HSET', KEYS[1], 'probe_until', now + tonumber(ARGV[1]))
+return {2, failures}
+"""
+)
+
 _FAIL = (
     _NOW
     + """
@@ -99,7 +140,7 @@ if open_until > 0 then
   end
   return 1
 end
-local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local n = redis.call('HINCRBY', KEYS[1], 'failures', tonumber(ARGV[3] or '1'))
 if n >= tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'open_until', now + cooldown, 'probe_until', 0, 'failures', 0)
   redis.call('HINCRBY', KEYS[1], 'opens', 1)
@@ -121,6 +162,22 @@ return 0
 """
 )
 
+# The same with a cost: reserve ARGV[2] slots at once, unless the first is further
+# away than ARGV[3] ms. Returns {1, wait} (reserved) or {0, wait} (nothing taken).
+_RESERVE = (
+    _NOW
+    + """
+local interval = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local wait = tat - now
+if wait > tonumber(ARGV[3]) then return {0, wait} end
+redis.call('SET', KEYS[1], tat + cost * interval, 'PX', wait + cost * interval + 1000)
+return {1, wait}
+"""
+)
+
 _STATE = (
     _NOW
     + """
@@ -135,15 +192,23 @@ class RedisCoordinator(Coordinator):
         self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
         self._allow = self.client.register_script(_ALLOW)
         self._fail = self.client.register_script(_FAIL)
+        self._gate = self.client.register_script(_GATE)
+        self._reserve = self.client.register_script(_RESERVE)
         self._rate = self.client.register_script(_RATE)
         self._state = self.client.register_script(_STATE)
 
     def breaker_allows(self, name: str, probe_ttl: float) -> int:
         return int(self._allow(keys=[f"{PREFIX}breaker:{name}"], args=[int(probe_ttl * 1000)]))
 
-    def breaker_failure(self, name: str, threshold: int, cooldown: float) -> bool:
+    def gate(self, name: str, probe_ttl: float, balance_threshold: float | None) -> Gate:
+        keys = [f"{PREFIX}breaker:{name}", f"{PREFIX}value:balance:{name}"]
+        threshold = "" if balance_threshold is None else repr(float(balance_threshold))
+        decision, failures = self._gate(keys=keys, args=[int(probe_ttl * 1000), threshold])
+        return Gate(int(decision), int(failures))
+
+    def breaker_failure(self, name: str, threshold: int, cooldown: float, count: int = 1) -> bool:
         key = f"{PREFIX}breaker:{name}"
-        return int(self._fail(keys=[key], args=[threshold, int(cooldown * 1000)])) == 1
+        return int(self._fail(keys=[key], args=[threshold, int(cooldown * 1000), count])) == 1
 
     def breaker_success(self, name: str) -> None:
         self.client.hset(
@@ -159,6 +224,13 @@ class RedisCoordinator(Coordinator):
             return 0.0
         interval = max(1, int(1000 / per_second))
         return int(self._rate(keys=[f"{PREFIX}rate:{name}"], args=[interval])) / 1000.0
+
+    def rate_reserve(self, name: str, per_second: float, cost: int, max_wait: float) -> tuple[bool, float]:
+        if per_second <= 0:
+            return True, 0.0
+        interval = max(1, int(1000 / per_second))
+        ok, wait = self._reserve(keys=[f"{PREFIX}rate:{name}"], args=[interval, cost, int(max_wait * 1000)])
+        return bool(ok), int(wait) / 1000.0
 
     def acquire_lock(self, name: str, ttl: float) -> bool:
         return bool(self.client.set(f"{PREFIX}lock:{name}", "1", nx=True, px=int(ttl * 1000)))
@@ -214,7 +286,20 @@ class MemoryCoordinator(Coordinator):
             b["probe_until"] = now + probe_ttl
             return PROBE
 
-    def breaker_failure(self, name: str, threshold: int, cooldown: float) -> bool:
+    def gate(self, name: str, probe_ttl: float, balance_threshold: float | None) -> Gate:
+        if balance_threshold is not None:
+            balance = self.get_value(f"balance:{name}")
+            try:
+                if balance is not None and float(balance) < balance_threshold:
+                    return Gate(LOW_BALANCE, 0)
+            except ValueError:
+                pass
+        decision = self.breaker_allows(name, probe_ttl)
+        with self._lock:
+            failures = int(self._b(name)["failures"])
+        return Gate(decision, failures)
+
+    def breaker_failure(self, name: str, threshold: int, cooldown: float, count: int = 1) -> bool:
         now = time.monotonic()
         with self._lock:
             b = self._b(name)
@@ -222,7 +307,7 @@ class MemoryCoordinator(Coordinator):
                 if now >= b["open_until"]:
                     b.update(open_until=now + cooldown, probe_until=0.0, failures=0, opens=b["opens"] + 1)
                 return True
-            b["failures"] += 1
+            b["failures"] += count
             if b["failures"] >= threshold:
                 b.update(open_until=now + cooldown, probe_until=0.0, failures=0, opens=b["opens"] + 1)
                 return True
@@ -248,6 +333,18 @@ class MemoryCoordinator(Coordinator):
                 return tat - now
             self._tat[name] = tat + interval
             return 0.0
+
+    def rate_reserve(self, name: str, per_second: float, cost: int, max_wait: float) -> tuple[bool, float]:
+        if per_second <= 0:
+            return True, 0.0
+        interval = 1.0 / per_second
+        now = time.monotonic()
+        with self._lock:
+            tat = max(self._tat.get(name, now), now)
+            if tat - now > max_wait:
+                return False, tat - now
+            self._tat[name] = tat + cost * interval
+            return True, tat - now
 
     def acquire_lock(self, name: str, ttl: float) -> bool:
         now = time.monotonic()

@@ -23,6 +23,15 @@ from dispatcher.errors import ConfigError
 T = TypeVar("T")
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+# Connections per process for PostgreSQL. A worker sets it from its pool before any
+# engine exists (workers/app.py): a thread or greenlet pool of N needs up to N at once.
+_pool_size = 5
+
+
+def set_pool_size(size: int) -> None:
+    """Size the PostgreSQL pool of engines made from now on (a worker's concurrency)."""
+    global _pool_size
+    _pool_size = max(1, size)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -56,7 +65,7 @@ def make_engine(url: str) -> Engine:
 
         return engine
     if url.startswith("postgresql"):
-        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        return create_engine(url, pool_pre_ping=True, pool_size=_pool_size, max_overflow=5)
     raise ConfigError("database_url", f"unsupported database URL {url!r}")
 
 

@@ -1,8 +1,9 @@
 """An in-process worker pool and beat, for running without a broker (the demo on a
-fresh machine). The same ``SendPipeline``, sweeper and tracking code the Celery
-tasks run; only the queue (an in-memory delay queue) and the coordination
-(``MemoryCoordinator``) differ. Not for production: a crash loses the queue, though
-never the ledger, whose sweeper republishes what it finds on the next start.
+fresh machine). The same ``SendPipeline``, groups, sweeper, tracking and list of
+periodic jobs (``dispatcher.schedule``) the Celery tasks run; only the queue (an
+in-memory delay queue) and the coordination (``MemoryCoordinator``) differ. Not for
+production: a crash loses the queue, though never the ledger, whose sweeper
+republishes what it finds on the next start.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 
 from dispatcher.config import Settings
 from dispatcher.coordination import MemoryCoordinator
-from dispatcher.pipeline import SendPipeline
 from dispatcher.providers.prostor import Prostor
+from dispatcher.schedule import jobs
+from dispatcher.sending import SendPipeline
 from dispatcher.sweeper import sweep
-from dispatcher.tracking import drain_status_queue, poll_due, read_balances, uses_status_queue
+from dispatcher.tracking import drain_status_queue, poll_due, read_balances
 
 log = logging.getLogger("smsdispatch.embedded")
 
@@ -29,7 +32,7 @@ class EmbeddedRunner:
         self.settings = settings
         self.coordinator = MemoryCoordinator()
         self.pipeline = SendPipeline(settings, self.publish, self.coordinator)
-        self._heaps: dict[str, list[tuple[float, int, str]]] = {"high": [], "normal": []}
+        self._heaps: dict[str, list[tuple[float, int, tuple[str, ...]]]] = {"high": [], "normal": []}
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -40,14 +43,26 @@ class EmbeddedRunner:
         self.processed = 0
 
     def publish(self, message_id: str, priority: str, countdown: float = 0.0) -> None:
+        self._push((message_id,), priority, countdown)
+
+    def _push(self, ids: tuple[str, ...], priority: str, countdown: float = 0.0) -> None:
         with self._cond:
             heap = self._heaps["high" if priority == "high" else "normal"]
-            heapq.heappush(heap, (time.monotonic() + countdown, next(self._seq), message_id))
+            heapq.heappush(heap, (time.monotonic() + countdown, next(self._seq), ids))
             self._cond.notify()
 
     def publish_many(self, items: Sequence[tuple[str, str, str | None]]) -> None:
-        for message_id, priority, _ in items:
-            self.publish(message_id, priority)
+        """As ``workers.app.publish_many``: codes alone, bulk in groups."""
+        bulk: dict[str | None, list[str]] = defaultdict(list)
+        for message_id, priority, pinned in items:
+            if priority == "high":
+                self.publish(message_id, priority)
+            else:
+                bulk[pinned].append(message_id)
+        for pinned, ids in bulk.items():
+            size = self.pipeline.router.group_size(pinned)
+            for start in range(0, len(ids), size):
+                self._push(tuple(ids[start : start + size]), "normal")
 
     def start(self) -> EmbeddedRunner:
         for thread in self._threads:
@@ -62,7 +77,7 @@ class EmbeddedRunner:
             thread.join(10)
         self.pipeline.close()
 
-    def _next(self) -> str | None:
+    def _next(self) -> tuple[str, ...] | None:
         with self._cond:
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -76,36 +91,39 @@ class EmbeddedRunner:
         return None
 
     def _work(self) -> None:
-        while (message_id := self._next()) is not None:
+        while (ids := self._next()) is not None:
             try:
-                self.pipeline.process(message_id)
+                if len(ids) == 1:
+                    self.pipeline.process(ids[0])
+                else:
+                    self.pipeline.process_many(ids)
             except Exception:
-                log.exception("send of %s failed", message_id)
-            self.processed += 1
+                log.exception("send of %s failed", ids)
+            self.processed += len(ids)
 
     def _beat(self) -> None:
-        pol, p = self.settings.polling, self.settings.pipeline
+        pipeline, settings, coordinator = self.pipeline, self.settings, self.coordinator
+
+        def drain(name: str) -> object:
+            provider = pipeline.provider(name)
+            assert isinstance(provider, Prostor)
+            return drain_status_queue(settings, provider)
+
+        run: dict[str, Callable[..., object]] = {
+            "smsdispatch.sweep": lambda: sweep(pipeline),
+            "smsdispatch.balances": lambda: read_balances(settings, coordinator),
+            "smsdispatch.poll": lambda name: poll_due(settings, coordinator, pipeline.provider(name)),
+            "smsdispatch.status_queue": drain,
+        }
         last: dict[str, float] = {}
-
-        def due(job: str, every: float) -> bool:
-            now = time.monotonic()
-            if now - last.get(job, 0.0) >= every:
-                last[job] = now
-                return True
-            return False
-
+        schedule = jobs(settings)
         while not self._stop.wait(0.1):
-            try:
-                if due("sweep", p.sweeper_interval):
-                    sweep(self.pipeline)
-                if due("balances", pol.balance_interval):
-                    read_balances(self.settings, self.coordinator)
-                for pc in self.settings.enabled_providers:
-                    provider = self.pipeline.provider(pc.name)
-                    if due(f"poll:{pc.name}", pol.interval):
-                        poll_due(self.settings, self.coordinator, provider)
-                    if uses_status_queue(provider) and due(f"queue:{pc.name}", pol.queue_interval):
-                        assert isinstance(provider, Prostor)
-                        drain_status_queue(self.settings, provider)
-            except Exception:
-                log.exception("beat job failed")
+            for job in schedule:
+                now = time.monotonic()
+                if now - last.get(job.key, 0.0) < job.every:
+                    continue
+                last[job.key] = now
+                try:
+                    run[job.task](*job.args)
+                except Exception:
+                    log.exception("beat job %s failed", job.key)

@@ -6,8 +6,10 @@ with a ``StatusEvent`` written in the same transaction. Nothing else writes
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Table, bindparam, func, insert, select, update
@@ -15,6 +17,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session, col
 from sqlmodel import select as orm_select
 
+from dispatcher.decisions import Action, Decision
 from dispatcher.models import ATTEMPTS, EVENTS, MESSAGES, Attempt, Message, StatusEvent, utcnow
 from dispatcher.redact import redact
 from dispatcher.status import Status, can_transition
@@ -320,7 +323,7 @@ def transition_many(
                     "message_id": mid, "at": now, "old_status": expect.value, "new_status": new.value,
                     "source": source, "provider": provider,
                     "raw": redact(by_id[mid].get("_raw")) if by_id[mid].get("_raw") else None,
-                    "detail": by_id[mid].get("_detail"),
+                    "detail": redact(by_id[mid]["_detail"]) if by_id[mid].get("_detail") else None,
                 }
                 for mid in moved
             ],
@@ -328,47 +331,212 @@ def transition_many(
     return moved
 
 
-def start_attempts(session: Session, message_ids: Sequence[str], provider: str, kind: str) -> dict[str, int]:
-    """``start_attempt`` for a batch: one INSERT, one UPDATE; attempt id per message."""
-    now = utcnow()
+# -- the send path: claim a group, start its attempts, apply its decisions -------------
+
+
+@dataclass
+class Claimed:
+    """A message this worker holds (``sending``): what the send path needs of its row,
+    read once, by the statement that claimed it."""
+
+    id: str
+    to: str
+    text: str
+    sender: str | None
+    priority: str
+    provider_pinned: str | None
+    attempts: int
+    retries: int
+    failovers: int
+    tried: str
+    expires_at: datetime
+    last_error: str | None
+
+    @property
+    def tried_set(self) -> set[str]:
+        return set(filter(None, self.tried.split(",")))
+
+
+_CLAIMED = [MESSAGES.c[n] for n in Claimed.__dataclass_fields__]
+
+
+def _claimed(rows: Iterable[Any]) -> list[Claimed]:
+    return [Claimed(*row) for row in rows]
+
+
+def claim(session: Session, ids: Sequence[str], now: datetime, *, due_before: datetime,
+          source: str = "send") -> list[Claimed]:  # fmt: skip
+    """``queued`` and due -> ``sending`` for those of ``ids`` still so, in one
+    statement that returns what the send path needs; one INSERT of their events.
+    A message another worker holds, or not yet due, is left alone."""
+    if not ids:
+        return []
     rows = session.execute(
-        insert(ATTEMPTS).returning(ATTEMPTS.c.id, ATTEMPTS.c.message_id),
-        [{"message_id": m, "provider": provider, "kind": kind, "started_at": now, "outcome": "in_flight"}
-         for m in message_ids],
-    ).all()  # fmt: skip
-    session.execute(
         update(MESSAGES)
-        .where(MESSAGES.c.id.in_(list(message_ids)))
-        .values(attempts=MESSAGES.c.attempts + 1, updated_at=now)
-    )
-    return {message_id: attempt_id for attempt_id, message_id in rows}
+        .where(MESSAGES.c.id.in_(list(ids)), MESSAGES.c.status == Status.QUEUED.value,
+               MESSAGES.c.due_at <= due_before)
+        .values(status=Status.SENDING.value, claimed_at=now, updated_at=now)
+        .returning(*_CLAIMED)
+    ).all()  # fmt: skip
+    claimed = _claimed(rows)
+    _events(session, [c.id for c in claimed], Status.QUEUED, Status.SENDING, source, now)
+    return claimed
 
 
-def finish_attempts(session: Session, finished: Sequence[dict[str, Any]]) -> None:
-    """``finish_attempt`` for a batch (one statement on PostgreSQL). Each item: id,
-    outcome, raw."""
-    if not finished:
-        return
-    rows = [{"id": f["id"], "outcome": f["outcome"], "raw": f.get("raw")} for f in finished]
-    _bulk_update(session, ATTEMPTS, "id", rows, {"finished_at": utcnow()})
-
-
-def due_mates(session: Session, msg: Message, now: datetime, limit: int) -> list[str]:
-    """Other queued, due, never-tried normal messages that a batch with ``msg`` may
-    take: pinned to the same provider, or unpinned like it. Oldest first."""
+def claim_mates(session: Session, like: Claimed, now: datetime, limit: int,
+                keep: Callable[[str], bool]) -> list[Claimed]:  # fmt: skip
+    """Claim up to ``limit`` other queued, due, never-tried messages that may share a
+    provider call with ``like``: same priority, pinned alike, oldest first, and
+    ``keep(id)`` (their first choice is the same provider). On PostgreSQL the
+    candidates are locked with SKIP LOCKED, so lingering workers never wait on each
+    other; SQLite's write lock (BEGIN IMMEDIATE) already makes this one step."""
     query = (
         select(MESSAGES.c.id)
         .where(
             MESSAGES.c.status == Status.QUEUED.value,
             MESSAGES.c.due_at <= now,
-            MESSAGES.c.priority == msg.priority,
+            MESSAGES.c.priority == like.priority,
             MESSAGES.c.attempts == 0,
-            MESSAGES.c.id != msg.id,
-            MESSAGES.c.provider_pinned == msg.provider_pinned
-            if msg.provider_pinned
+            MESSAGES.c.provider_pinned == like.provider_pinned
+            if like.provider_pinned
             else MESSAGES.c.provider_pinned.is_(None),
         )
         .order_by(MESSAGES.c.due_at)
-        .limit(limit)
+        .limit(2 * limit)
     )
-    return list(session.execute(query).scalars())
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    ids = [m for m in session.execute(query).scalars() if keep(m)][:limit]
+    return claim(session, ids, now, due_before=now)
+
+
+def reclaim_stale(session: Session, message_id: str, now: datetime, stale_before: datetime) -> Claimed | None:
+    """Take over a message left ``sending`` by a worker that died: its claim is older
+    than any call could take. Returns None when it is not (any longer) so."""
+    row = session.execute(
+        update(MESSAGES)
+        .where(MESSAGES.c.id == message_id, MESSAGES.c.status == Status.SENDING.value,
+               MESSAGES.c.claimed_at < stale_before)
+        .values(claimed_at=now, updated_at=now)
+        .returning(*_CLAIMED)
+    ).first()  # fmt: skip
+    return _claimed([row])[0] if row is not None else None
+
+
+def open_attempts(session: Session, message_ids: Sequence[str]) -> dict[str, Attempt]:
+    """The latest attempt still in flight or left unconfirmed, per message that has one."""
+    if not message_ids:
+        return {}
+    found = session.exec(
+        orm_select(Attempt)
+        .where(col(Attempt.message_id).in_(list(message_ids)),
+               col(Attempt.outcome).in_(["in_flight", "unconfirmed"]))
+        .order_by(col(Attempt.id))
+    )  # fmt: skip
+    return {a.message_id: a for a in found}
+
+
+def start_attempts(session: Session, calls: Sequence[tuple[str, str, str]], now: datetime) -> dict[str, int]:
+    """Record provider calls before they go out (``(message id, provider, kind)``),
+    so a crash leaves a trace of each: one INSERT, one UPDATE of the counters.
+    Returns the attempt id per message."""
+    if not calls:
+        return {}
+    rows = session.execute(
+        insert(ATTEMPTS).returning(ATTEMPTS.c.id, ATTEMPTS.c.message_id),
+        [{"message_id": m, "provider": p, "kind": k, "started_at": now, "outcome": "in_flight"}
+         for m, p, k in calls],
+    ).all()  # fmt: skip
+    session.execute(
+        update(MESSAGES)
+        .where(MESSAGES.c.id.in_([m for m, _, _ in calls]))
+        .values(attempts=MESSAGES.c.attempts + 1, updated_at=now)
+    )
+    return {message_id: attempt_id for attempt_id, message_id in rows}
+
+
+def _events(
+    session: Session, ids: Sequence[str], old: Status, new: Status, source: str, now: datetime
+) -> None:
+    if ids:
+        session.execute(
+            insert(EVENTS),
+            [{"message_id": m, "at": now, "old_status": old.value, "new_status": new.value, "source": source,
+              "provider": None, "raw": None, "detail": None} for m in ids],
+        )  # fmt: skip
+
+
+def apply(session: Session, decisions: Sequence[Decision], now: datetime, *, first_poll: float,
+          source: str = "send") -> list[str]:  # fmt: skip
+    """Apply one step's decisions for a group of ``sending`` messages: finish their
+    attempts, move each message as its action says, write the events. A handful of
+    set-based statements whatever the group's size. Returns the ids that moved to
+    ``queued`` (their tasks are to be published)."""
+    _finish_attempts(session, [d for d in decisions if d.attempt_id is not None and d.attempt_outcome], now)
+    moves: dict[tuple[Status, str], list[dict[str, Any]]] = defaultdict(list)
+    stays: list[dict[str, Any]] = []
+    for d in decisions:
+        status, fields = _change(d, now, first_poll)
+        change = {"id": d.message_id, **fields}
+        if status is None:
+            stays.append(change)
+        else:
+            moves[(status, d.provider or "")].append(change)
+    if stays:
+        _bulk_update(session, MESSAGES, "id", stays, {"updated_at": now},
+                     where=[MESSAGES.c.status == Status.SENDING.value])  # fmt: skip
+    requeued: list[str] = []
+    for (status, provider), changes in moves.items():
+        # One statement per shape of change: transition_many wants the same columns.
+        by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+        for c in changes:
+            by_shape[tuple(sorted(c))].append(c)
+        for same in by_shape.values():
+            moved = transition_many(session, same, status, expect=Status.SENDING, source=source,
+                                    provider=provider or None)  # fmt: skip
+            if status == Status.QUEUED:
+                requeued += moved
+    return requeued
+
+
+def _change(d: Decision, now: datetime, first_poll: float) -> tuple[Status | None, dict[str, Any]]:
+    """What ``d`` does to its message's row: the new status (None: it stays
+    ``sending``) and the fields it sets. ``_raw`` and ``_detail`` go to the event."""
+    counters = {k: v for k, v in (("retries", d.retries), ("failovers", d.failovers), ("tried", d.tried))
+                if v is not None}  # fmt: skip
+    if d.action == Action.ACCEPT:
+        taken = d.status if d.status not in (None, Status.UNKNOWN, Status.QUEUED, Status.SENDING) else None
+        return taken or Status.ACCEPTED, {
+            "provider": d.provider, "provider_message_id": d.provider_message_id, "accepted_at": now,
+            "next_poll_at": now + timedelta(seconds=first_poll), "retries": 0, "tried": "",
+            "last_error": None, "_raw": d.raw, "_detail": d.reason or None,
+        }  # fmt: skip
+    if d.action in (Action.REJECT, Action.MARK_UNKNOWN):
+        refused = Status.REJECTED if d.action == Action.REJECT else Status.UNKNOWN
+        return refused, {"provider": d.provider, "last_error": d.error or d.reason, "_raw": d.code,
+                         "_detail": f"{d.reason}: {d.error}" if d.error else d.reason}  # fmt: skip
+    if d.action == Action.GIVE_UP:
+        return d.status or Status.FAILED, {"last_error": d.error or d.reason, "_detail": d.reason}
+    if d.action in (Action.RETRY, Action.WAIT, Action.EXHAUSTED):
+        due = now + timedelta(seconds=d.delay)
+        word = {Action.RETRY: "retry", Action.WAIT: "wait", Action.EXHAUSTED: "next round"}[d.action]
+        return Status.QUEUED, {
+            **counters, "due_at": due, "published_for": due if d.extra.get("publish") else None,
+            "claimed_at": None, "last_error": d.error or d.reason,
+            "_detail": f"{word} in {d.delay:.1f}s: {d.reason}" + (f": {d.error}" if d.error else ""),
+        }  # fmt: skip
+    # FAIL_OVER, RESEND, ASK: the message stays with this worker; only counters move.
+    return None, {**counters, "last_error": d.error or d.reason}
+
+
+def _finish_attempts(session: Session, decisions: Sequence[Decision], now: datetime) -> None:
+    if not decisions:
+        return
+    rows = [
+        {"id": d.attempt_id, "outcome": d.attempt_outcome, "finished_at": now,
+         "duration_ms": (now - d.attempt_started).total_seconds() * 1000.0 if d.attempt_started else None,
+         "http_status": d.http_status, "provider_code": d.code,
+         "raw": redact(d.raw) if d.raw else d.raw, "error": redact(d.error) if d.error else d.error}
+        for d in decisions
+    ]  # fmt: skip
+    _bulk_update(session, ATTEMPTS, "id", rows, {})

@@ -22,7 +22,7 @@ from dispatcher import ledger
 from dispatcher.db import session_scope
 from dispatcher.models import MESSAGES as M
 from dispatcher.models import utcnow
-from dispatcher.pipeline import SendPipeline
+from dispatcher.sending import SendPipeline
 from dispatcher.status import Status
 
 log = logging.getLogger("smsdispatch.sweeper")

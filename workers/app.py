@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,8 @@ from celery import Celery, signals
 from kombu.entity import Queue
 
 from dispatcher.config import Settings, get_settings
+from dispatcher.schedule import jobs
+from dispatcher.sending.router import Router
 
 QUEUES = {"high": "sms.high", "normal": "sms.bulk"}
 CONTROL_QUEUE = "sms.control"
@@ -47,7 +50,7 @@ def configure(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_transport_options={
-            # Longer than any countdown we publish (pipeline.MAX_COUNTDOWN) and any call.
+            # Longer than any countdown we publish (sending.MAX_COUNTDOWN) and any call.
             "visibility_timeout": p.visibility_timeout,
             # kombu scans for unacked tasks of dead workers every interval*throttle
             # seconds (~100 s by default, whatever the visibility timeout).
@@ -77,27 +80,13 @@ def configure(settings: Settings) -> Celery:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The sweeper, a poll per provider instance, a status queue drain per prostor
-    instance with a queue, and the balance reader. Each entry expires before its
-    next run, so a backlog of periodic tasks never piles up behind a stopped worker."""
-    p, pol = settings.pipeline, settings.polling
-    schedule: dict[str, dict[str, Any]] = {
-        "sweep": {"task": "smsdispatch.sweep", "schedule": p.sweeper_interval,
-                  "options": {"expires": max(p.sweeper_interval * 2, 1)}},
-        "balances": {"task": "smsdispatch.balances", "schedule": pol.balance_interval,
-                     "options": {"expires": pol.balance_interval}},
+    """``dispatcher.schedule.jobs`` as Celery beat entries. Each entry expires before
+    its next run, so a backlog of periodic tasks never piles up behind a stopped worker."""
+    return {
+        job.key: {"task": job.task, "schedule": job.every, "args": list(job.args),
+                  "options": {"expires": max(job.every * 2, 1) if job.key != "balances" else job.every}}
+        for job in jobs(settings)
     }  # fmt: skip
-    for provider in settings.enabled_providers:
-        schedule[f"poll:{provider.name}"] = {
-            "task": "smsdispatch.poll", "schedule": pol.interval, "args": [provider.name],
-            "options": {"expires": max(pol.interval * 2, 1)},
-        }  # fmt: skip
-        if provider.kind == "prostor" and provider.option("status_queue"):
-            schedule[f"status_queue:{provider.name}"] = {
-                "task": "smsdispatch.status_queue", "schedule": pol.queue_interval, "args": [provider.name],
-                "options": {"expires": max(pol.queue_interval * 2, 1)},
-            }  # fmt: skip
-    return schedule
 
 
 def publish(message_id: str, priority: str, countdown: float = 0.0) -> None:
@@ -110,46 +99,39 @@ def publish(message_id: str, priority: str, countdown: float = 0.0) -> None:
     )
 
 
-def batch_routes(settings: Settings) -> tuple[set[str], bool]:
-    """Which provider instances the pipeline sends to in batches, and whether an
-    unpinned message's first choice is one of them (all of the top priority group)."""
-    from dispatcher.providers import adapter_class
+_routers: dict[int, Router] = {}
 
-    batching = set()
-    for p in settings.enabled_providers:
-        cls = adapter_class(p.kind)
-        # SMStele stays per message in the pipeline (see SendPipeline.process_many).
-        if min(int(p.option("batch_size", cls.MAX_BATCH)), cls.MAX_BATCH) > 1 and not cls.STATUS_BY_CLIENT_ID:
-            batching.add(p.name)
-    providers = settings.enabled_providers
-    top = [p.name for p in providers if providers and p.priority == providers[0].priority]
-    return batching, bool(top) and all(name in batching for name in top)
+
+def _router(settings: Settings) -> Router:
+    found = _routers.get(id(settings))
+    if found is None:
+        _routers.clear()  # settings are replaced whole (tests, reload): keep one
+        found = _routers[id(settings)] = Router(settings)
+    return found
 
 
 def publish_many(items: Sequence[tuple[str, str, str | None]]) -> None:
     """Publish send tasks for many messages over one producer connection. Bulk
-    messages routed to a provider that takes batches go in chunks (one ``send_many``
-    task each, so they reach the provider together); all others get a task each, so
-    per-message sends spread over the whole pool. A high-priority message always has
-    a task of its own: a code never waits behind a chunk."""
-    settings = get_settings()
-    chunk = max(1, settings.pipeline.publish_batch)
-    batching, unpinned_batches = batch_routes(settings)
-    bulk = []
+    messages go in groups, one ``send_many`` task each (``Router.group_size``: a
+    full batch for a provider that takes batches, else a group whose single calls the
+    task makes concurrently). A high-priority message always has a task of its own: a
+    code never waits behind a group."""
+    router = _router(get_settings())
+    bulk: dict[str | None, list[str]] = defaultdict(list)
     with app.producer_or_acquire() as producer:
         for message_id, priority, pinned in items:
-            batchable = pinned in batching if pinned else unpinned_batches
-            if priority == "high" or not batchable:
-                queue = QUEUES["high"] if priority == "high" else QUEUES["normal"]
-                app.send_task(SEND_TASK, args=[message_id], queue=queue, producer=producer)
+            if priority == "high":
+                app.send_task(SEND_TASK, args=[message_id], queue=QUEUES["high"], producer=producer)
             else:
-                bulk.append(message_id)
-        for start in range(0, len(bulk), chunk):
-            ids = bulk[start : start + chunk]
-            if len(ids) == 1:
-                app.send_task(SEND_TASK, args=ids, queue=QUEUES["normal"], producer=producer)
-            else:
-                app.send_task(SEND_MANY_TASK, args=[ids], queue=QUEUES["normal"], producer=producer)
+                bulk[pinned].append(message_id)
+        for pinned, ids in bulk.items():
+            size = router.group_size(pinned)
+            for start in range(0, len(ids), size):
+                chunk = ids[start : start + size]
+                if len(chunk) == 1:
+                    app.send_task(SEND_TASK, args=chunk, queue=QUEUES["normal"], producer=producer)
+                else:
+                    app.send_task(SEND_MANY_TASK, args=[chunk], queue=QUEUES["normal"], producer=producer)
 
 
 def queue_depth(priority: str) -> int | None:
@@ -170,6 +152,18 @@ def _redact_logs(logger: Any = None, **_: Any) -> None:
     from dispatcher.redact import install_log_redaction
 
     install_log_redaction(logger)
+
+
+@signals.celeryd_init.connect
+def _size_pools(options: dict[str, Any] | None = None, **_: Any) -> None:
+    # A thread or greenlet pool runs `concurrency` tasks at once in one process, each
+    # wanting a database connection; a prefork child runs one at a time.
+    opts = options or {}
+    pool = str(opts.get("pool") or opts.get("pool_cls") or "prefork")
+    concurrency = int(opts.get("concurrency") or os.cpu_count() or 1)
+    from dispatcher.db import set_pool_size
+
+    set_pool_size(concurrency + 2 if any(k in pool for k in ("threads", "gevent", "eventlet")) else 2)
 
 
 @signals.worker_process_init.connect

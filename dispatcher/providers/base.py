@@ -154,6 +154,8 @@ class Provider:
     MAX_BATCH: ClassVar[int] = 1  # messages per send call
     MAX_STATUS_BATCH: ClassVar[int] = 1  # ids per status call
     HAS_BALANCE: ClassVar[bool] = True
+    # True when the provider pushes statuses into a queue we drain (option status_queue).
+    HAS_STATUS_QUEUE: ClassVar[bool] = False
     # True when a status call can find a message by the id *we* sent, so a message
     # whose send outcome was lost can be reconciled instead of resent blindly.
     STATUS_BY_CLIENT_ID: ClassVar[bool] = False

@@ -51,6 +51,7 @@ def client_id(our_id: str) -> str:
 
 
 class Prostor(Provider):
+    HAS_STATUS_QUEUE = True
     KIND = "prostor"
     TITLE = "prostor-sms.ru"
     DOC = "prostor.md"

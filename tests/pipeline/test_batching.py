@@ -10,7 +10,7 @@ from sqlalchemy import event
 
 from dispatcher import api, db
 from dispatcher.coordination import MemoryCoordinator, coordinator_for
-from dispatcher.pipeline import SendPipeline
+from dispatcher.sending import SendPipeline
 from dispatcher.simulator.core import Simulator
 from tests.support import REDIS_URL, SETTLED, TAKEN, Stack
 
@@ -79,7 +79,7 @@ class RedisGoneAfterTheCall(MemoryCoordinator):
     def breaker_success(self, name: str) -> None:
         raise redis.ConnectionError("Connection refused")
 
-    def breaker_failure(self, name: str, threshold: int, cooldown: float) -> bool:
+    def breaker_failure(self, name: str, threshold: int, cooldown: float, count: int = 1) -> bool:
         raise redis.ConnectionError("Connection refused")
 
 

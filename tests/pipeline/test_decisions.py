@@ -11,19 +11,12 @@ import pytest
 
 from dispatcher import api
 from dispatcher.coordination import CLOSED, PROBE, SKIP, Coordinator, MemoryCoordinator, RedisCoordinator
+from dispatcher.decisions import Action, Outcome
 from dispatcher.errors import FailoverError, ProviderError, RejectedError, RetryableError
-from dispatcher.pipeline import CallContext, SendPipeline, backoff, decide
+from dispatcher.sending import SendPipeline
+from dispatcher.sending.policy import POLICY, backoff, classify, decide
 from dispatcher.simulator.core import Simulator
 from tests.support import REDIS_URL, Stack
-
-
-def ctx(**kw: object) -> CallContext:
-    base: dict[str, object] = {
-        "retries": 0, "max_retries": 3, "can_reconcile": False, "guarantee": "at-most-once",
-        "backoff_base": 0.5, "backoff_cap": 10.0,
-    }  # fmt: skip
-    base.update(kw)
-    return CallContext(**base)  # type: ignore[arg-type]
 
 
 def err(cls: type[ProviderError], ambiguous: bool = False) -> ProviderError:
@@ -31,21 +24,49 @@ def err(cls: type[ProviderError], ambiguous: bool = False) -> ProviderError:
 
 
 @pytest.mark.parametrize(
-    ("error", "context", "action"),
+    ("error", "can_ask", "guarantee", "outcome"),
     [
-        (err(RetryableError), ctx(), "retry"),
-        (err(RetryableError), ctx(retries=3), "failover"),  # retries used up
-        (err(RetryableError, ambiguous=True), ctx(), "unknown"),  # at-most-once, cannot ask
-        (err(RetryableError, ambiguous=True), ctx(guarantee="at-least-once"), "retry"),
-        (err(RetryableError, ambiguous=True), ctx(can_reconcile=True), "reconcile"),
-        (err(FailoverError), ctx(), "failover"),
-        (err(FailoverError), ctx(retries=0, max_retries=0), "failover"),
-        (err(RejectedError), ctx(), "reject"),
-        (err(RejectedError, ambiguous=True), ctx(), "reject"),
+        (err(RetryableError), False, "at-most-once", Outcome.TRANSIENT),
+        (err(RetryableError, ambiguous=True), False, "at-most-once", Outcome.IN_DOUBT_AT_MOST_ONCE),
+        (err(RetryableError, ambiguous=True), False, "at-least-once", Outcome.IN_DOUBT_AT_LEAST_ONCE),
+        (err(RetryableError, ambiguous=True), True, "at-most-once", Outcome.IN_DOUBT_ASKABLE),
+        (err(FailoverError), True, "at-most-once", Outcome.PROVIDER_REFUSED),
+        (err(FailoverError, ambiguous=True), False, "at-most-once", Outcome.PROVIDER_REFUSED),
+        (err(RejectedError), False, "at-most-once", Outcome.MESSAGE_REFUSED),
+        (err(RejectedError, ambiguous=True), False, "at-most-once", Outcome.MESSAGE_REFUSED),
     ],
 )
-def test_decide(error: ProviderError, context: CallContext, action: str) -> None:
-    assert decide(error, context).action == action
+def test_classify(error: ProviderError, can_ask: bool, guarantee: str, outcome: Outcome) -> None:
+    assert classify(error, can_ask=can_ask, guarantee=guarantee) == outcome
+
+
+@pytest.mark.parametrize(
+    ("outcome", "retries", "action"),
+    [
+        (Outcome.ACCEPTED, 0, Action.ACCEPT),
+        (Outcome.TRANSIENT, 0, Action.RETRY),
+        (Outcome.TRANSIENT, 3, Action.FAIL_OVER),  # retries used up
+        (Outcome.IN_DOUBT_AT_MOST_ONCE, 0, Action.MARK_UNKNOWN),
+        (Outcome.IN_DOUBT_AT_LEAST_ONCE, 0, Action.RETRY),
+        (Outcome.IN_DOUBT_AT_LEAST_ONCE, 3, Action.FAIL_OVER),
+        (Outcome.IN_DOUBT_ASKABLE, 0, Action.ASK),
+        (Outcome.PROVIDER_REFUSED, 0, Action.FAIL_OVER),
+        (Outcome.MESSAGE_REFUSED, 0, Action.REJECT),
+        (Outcome.MESSAGE_REFUSED, 3, Action.REJECT),
+        (Outcome.PROBE_FAILED, 0, Action.FAIL_OVER),
+        (Outcome.FOUND, 0, Action.ACCEPT),
+        (Outcome.NOT_FOUND, 0, Action.RESEND),
+        (Outcome.ASK_FAILED, 0, Action.WAIT),
+    ],
+)
+def test_policy(outcome: Outcome, retries: int, action: Action) -> None:
+    verdict = decide(outcome, retries=retries, max_retries=3, backoff_base=0.5, backoff_cap=10.0)
+    assert verdict.action == action
+    assert (verdict.delay > 0) == (action in (Action.RETRY, Action.WAIT))
+
+
+def test_every_outcome_has_one_row() -> None:
+    assert set(POLICY) == set(Outcome)
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:

@@ -10,7 +10,7 @@ from dispatcher.config import get_settings
 from dispatcher.coordination import coordinator_for
 from dispatcher.errors import ValidationError
 from dispatcher.health import beat
-from dispatcher.pipeline import SendPipeline
+from dispatcher.sending import SendPipeline
 from workers.app import app, publish, queue_depth
 
 log = logging.getLogger("smsdispatch.tasks")
