@@ -24,9 +24,18 @@ SEND_QUEUES = ("sms.high", "sms.bulk")
 STUCK_AFTER = 300.0  # seconds a due message may wait before we call it stuck
 
 
+BEAT_EVERY = 1.0  # seconds: a process records a heartbeat at most this often per kind
+_last_beat: dict[str, float] = {}
+
+
 def beat(name: str, settings: Settings) -> None:
-    """Record that a task of kind ``name`` just ran (called by the tasks)."""
-    coordinator_for(settings.broker_url).set_value(f"heartbeat:{name}", repr(time.time()))
+    """Record that a task of kind ``name`` just ran (called by the tasks). At most
+    once a second per process: a Redis write per task was a cost per message."""
+    now = time.time()
+    if now - _last_beat.get(name, 0.0) < BEAT_EVERY:
+        return
+    _last_beat[name] = now
+    coordinator_for(settings.broker_url).set_value(f"heartbeat:{name}", repr(now))
 
 
 def _age(settings: Settings, name: str) -> float | None:

@@ -59,8 +59,9 @@ def reset_postgres(url: str) -> None:
 
 class Stack:
     def __init__(self, sim: Simulator, tmp: Path, database: str = "sqlite", redis_url: str = REDIS_URL,
-                 db_url: str | None = None) -> None:  # fmt: skip
+                 db_url: str | None = None, pool: str = "prefork") -> None:  # fmt: skip
         self.sim = sim
+        self.pool = pool  # the Celery pool of the workers it starts: prefork, threads or gevent
         self.tmp = tmp
         self.database = database
         self.db_url = db_url or (f"sqlite:///{tmp / 'ledger.db'}" if database == "sqlite" else PG_URL)
@@ -109,8 +110,11 @@ class Stack:
                      beat: bool = False, loglevel: str = "info") -> subprocess.Popen[bytes]:  # fmt: skip
         n = len(self.workers)
         log = self.tmp / f"worker{n}.log"
+        # A thread or greenlet pool runs many tasks in one process: as many as a prefork
+        # pool of `concurrency` children would, times ten (their tasks mostly wait).
+        slots = concurrency if self.pool == "prefork" else concurrency * 10
         args = host_argv(WORKER, "-Q", queues,
-                "-c", str(concurrency), "-P", "prefork", "-l", loglevel, "-n", f"w{n}-{os.getpid()}@%h",
+                "-c", str(slots), "-P", self.pool, "-l", loglevel, "-n", f"w{n}-{os.getpid()}@%h",
                 "--without-gossip", "--without-mingle", "--without-heartbeat")  # fmt: skip
         if beat:
             args += ["-B", "-s", str(self.tmp / f"beat{n}")]

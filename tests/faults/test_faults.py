@@ -118,12 +118,13 @@ def test_kill_9_every_few_seconds(
     stack, _, _ = own
     stack.configure(
         providers=["smstele", "mysms"],
-        pipeline={"publish_batch": 50},
+        pipeline={"publish_batch": 50, "group_size": 5},
         mysms={"delivery_guarantee": "at-least-once"},
     )
-    # Calls that take a while, so that kills land in the middle of some.
-    sim["smstele"].state.faults.latency_ms = 20
-    sim["mysms"].state.faults.latency_ms = 400  # one batch call per chunk of 50
+    # Calls that take a while, so that kills land in the middle of some and the run
+    # outlasts several kills (groups of 5 concurrent SMStele calls, batches of 50).
+    sim["smstele"].state.faults.latency_ms = 300
+    sim["mysms"].state.faults.latency_ms = 700  # one batch call per chunk of 50, within the 1 s timeout
     # Beat, the sweeper and the pollers live in a process that is never killed; the two
     # send workers are killed in turn, each time while a my-sms.ru call is in flight
     # if one comes within a second (the worst moment for a provider we cannot ask).

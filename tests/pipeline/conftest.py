@@ -16,17 +16,24 @@ def database(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def stack(sim: Simulator, tmp_path: Path) -> Iterator[Stack]:
-    s = Stack(sim, tmp_path)
+def pool() -> str:
+    """The Celery pool of the stack's workers; test modules that run under every pool
+    override this with a parametrized fixture."""
+    return "prefork"
+
+
+@pytest.fixture
+def stack(sim: Simulator, tmp_path: Path, pool: str) -> Iterator[Stack]:
+    s = Stack(sim, tmp_path, pool=pool)
     yield s
     s.stop()
     config.set_settings(None)
 
 
 @pytest.fixture
-def any_stack(sim: Simulator, tmp_path: Path, database: str) -> Iterator[Stack]:
+def any_stack(sim: Simulator, tmp_path: Path, database: str, pool: str) -> Iterator[Stack]:
     """The same stack on SQLite and on PostgreSQL."""
-    s = Stack(sim, tmp_path, database)
+    s = Stack(sim, tmp_path, database, pool=pool)
     yield s
     s.stop()
     config.set_settings(None)

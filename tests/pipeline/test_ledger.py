@@ -13,6 +13,7 @@ from sqlmodel import SQLModel
 
 from dispatcher import api, db, ledger
 from dispatcher.api import IdempotencyConflict
+from dispatcher.decisions import Action, Decision
 from dispatcher.errors import ValidationError
 from dispatcher.status import Status
 from tests.support import Stack
@@ -112,7 +113,7 @@ def test_bulk_same_key_twice_in_one_call(any_stack: Stack) -> None:
 
 
 def test_bulk_writes_touch_only_rows_still_in_the_expected_status(any_stack: Stack) -> None:
-    """transition_many and finish_attempts, the batch write-back: per-row values land
+    """claim, start_attempts and apply, the group's write path: per-row values land
     on their own rows (one statement on PostgreSQL, an executemany on SQLite), a row
     that left the expected status is left alone, and only moved rows get events."""
     any_stack.configure()
@@ -121,24 +122,19 @@ def test_bulk_writes_touch_only_rows_still_in_the_expected_status(any_stack: Sta
     with db.session_scope() as s:
         for mid in ids:
             ledger.transition(s, mid, Status.QUEUED, source="sweeper")
-        claimed = ledger.transition_many(
-            s, [{"id": m} for m in ids], Status.SENDING, expect=Status.QUEUED, source="send",
-            also={"claimed_at": now},
-        )  # fmt: skip
-        assert sorted(claimed) == sorted(ids)
-        attempts = ledger.start_attempts(s, ids, "main", "prostor")
+        claimed = ledger.claim(s, ids, now, due_before=now + timedelta(days=3650))
+        assert sorted(c.id for c in claimed) == sorted(ids)
+        assert ledger.claim(s, ids, now, due_before=now + timedelta(days=3650)) == []  # taken
+        attempts = ledger.start_attempts(s, [(m, "main", "prostor") for m in ids], now)
         # Another worker settled the last one meanwhile.
         ledger.transition(s, ids[2], Status.FAILED, source="sweeper")
-        moved = ledger.transition_many(
+        ledger.apply(
             s,
-            [{"id": m, "provider_message_id": f"p-{m[:6]}", "accepted_at": now, "last_error": None,
-              "_raw": f"raw {n}"} for n, m in enumerate(ids)],
-            Status.ACCEPTED, expect=Status.SENDING, source="send", provider="main",
+            [Decision(m, Action.ACCEPT, provider="main", attempt_id=attempts[m], attempt_outcome="accepted",
+                      attempt_started=now, provider_message_id=f"p-{m[:6]}", raw=f"raw {n}")
+             for n, m in enumerate(ids)],
+            now, first_poll=10.0,
         )  # fmt: skip
-        assert sorted(moved) == sorted(ids[:2])
-        ledger.finish_attempts(
-            s, [{"id": attempts[m], "outcome": "accepted", "raw": f"r-{m[:4]}"} for m in ids[:2]]
-        )
     for n, mid in enumerate(ids):
         message = api.get_message(mid)
         assert message is not None
@@ -148,9 +144,10 @@ def test_bulk_writes_touch_only_rows_still_in_the_expected_status(any_stack: Sta
             assert message["provider_message_id"] == f"p-{mid[:6]}"
             assert message["claimed_at"] is not None
             assert message["events"][-1]["raw"] == f"raw {n}"
-            assert (attempt["outcome"], attempt["raw"]) == ("accepted", f"r-{mid[:4]}")
+            assert (attempt["outcome"], attempt["raw"]) == ("accepted", f"raw {n}")
             assert attempt["finished_at"] is not None
         else:
             assert message["status"] == "failed" and message["provider_message_id"] is None
             assert [e["new_status"] for e in message["events"]][-1] == "failed"
-            assert attempt["outcome"] == "in_flight" and attempt["finished_at"] is None
+            # The call's own record stays true to what the provider said.
+            assert attempt["outcome"] == "accepted" and attempt["finished_at"] is not None

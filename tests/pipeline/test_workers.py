@@ -1,5 +1,6 @@
 """The send pipeline end to end: real Redis, real Celery worker processes, the
-simulator over HTTP, the ledger on SQLite and PostgreSQL."""
+simulator over HTTP, the ledger on SQLite and PostgreSQL; every test under each
+supported worker pool (prefork, threads, gevent)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from dispatcher.simulator.core import Simulator
 from tests.support import SETTLED, TAKEN, Stack
 
 KINDS = ["mysms", "sms1000", "smska", "smstele", "prostor"]
+
+
+@pytest.fixture(params=["prefork", "threads", "gevent"])
+def pool(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def test_happy_path_through_each_kind(any_stack: Stack) -> None:

@@ -4,6 +4,7 @@ without Celery, and the task names are the interface other apps use."""
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from dispatcher.config import get_settings
@@ -16,14 +17,17 @@ from workers.app import app, publish, queue_depth
 log = logging.getLogger("smsdispatch.tasks")
 
 _pipeline: SendPipeline | None = None
+_lock = threading.Lock()
 
 
 def get_pipeline() -> SendPipeline:
+    """The process's pipeline (one per process: a thread or greenlet pool shares it)."""
     global _pipeline
-    if _pipeline is None:
-        settings = get_settings()
-        _pipeline = SendPipeline(settings, publish, coordinator_for(settings.broker_url))
-    return _pipeline
+    with _lock:
+        if _pipeline is None:
+            settings = get_settings()
+            _pipeline = SendPipeline(settings, publish, coordinator_for(settings.broker_url))
+        return _pipeline
 
 
 def reset_pipeline() -> None:
