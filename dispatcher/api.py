@@ -119,7 +119,7 @@ def _publish_due(due: Sequence[tuple[str, str, str | None]]) -> None:
         if _publisher is not None:
             _publisher(due)
         else:
-            from workers.app import publish_many
+            from dispatcher.broker import publish_many
 
             publish_many(due)
     except Exception as exc:  # the broker is down: the sweeper publishes them later

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from dispatcher import config as config_mod
 from dispatcher.errors import ConfigError, ProviderError, ValidationError
+from dispatcher.ops import doctor_checks, provider_rows
 from dispatcher.redact import install_log_redaction, redact
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CONFIG, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
@@ -116,51 +117,6 @@ def _balance_args(p: argparse.ArgumentParser) -> None:
 # -- providers ------------------------------------------------------------------------
 
 
-def provider_rows(settings: config_mod.Settings) -> list[dict[str, Any]]:
-    """What operators want per provider instance: routing order, breaker, rate limit,
-    the last known balance and the last error. Shared by `providers` and the API."""
-    from sqlalchemy import select
-
-    from dispatcher.coordination import coordinator_for
-    from dispatcher.db import session_scope
-    from dispatcher.models import ATTEMPTS, BALANCES
-
-    coordinator = coordinator_for(settings.broker_url)
-    rows = []
-    with session_scope() as s:
-        for pc in settings.providers:
-            reading = s.execute(
-                select(BALANCES.c.amount, BALANCES.c.currency, BALANCES.c.at, BALANCES.c.error)
-                .where(BALANCES.c.provider == pc.name)
-                .order_by(BALANCES.c.at.desc())
-                .limit(1)
-            ).first()
-            failed = s.execute(
-                select(ATTEMPTS.c.error, ATTEMPTS.c.finished_at)
-                .where(
-                    ATTEMPTS.c.provider == pc.name,
-                    ATTEMPTS.c.outcome.not_in(["accepted", "reconciled", "in_flight"]),
-                )
-                .order_by(ATTEMPTS.c.id.desc())
-                .limit(1)
-            ).first()
-            breaker = coordinator.breaker_state(pc.name)
-            rows.append(
-                {
-                    "provider": pc.name, "kind": pc.kind, "priority": pc.priority, "enabled": pc.enabled,
-                    "breaker": breaker.state, "breaker_retry_in": round(breaker.retry_in, 1),
-                    "breaker_opens": breaker.opens, "rate_limit": pc.rate_limit or None,
-                    "balance": reading.amount if reading else None,
-                    "currency": reading.currency if reading else None,
-                    "balance_at": reading.at.isoformat() if reading else None,
-                    "balance_threshold": pc.balance_threshold,
-                    "last_error": (failed.error if failed else None) or (reading.error if reading else None),
-                    "last_error_at": failed.finished_at.isoformat() if failed and failed[1] else None,
-                }
-            )  # fmt: skip
-    return rows
-
-
 def run_providers(args: argparse.Namespace) -> int:
     rows = provider_rows(config_mod.get_settings())
 
@@ -209,73 +165,6 @@ def _api_args(p: argparse.ArgumentParser) -> None:
 
 
 # -- doctor -------------------------------------------------------------------------
-
-
-def doctor_checks(settings: config_mod.Settings) -> list[dict[str, Any]]:
-    """Config, database, broker, workers and every provider, each with what is wrong."""
-    from dispatcher.providers import make_provider
-    from dispatcher.providers.base import MessageRef
-
-    checks: list[dict[str, Any]] = [{"check": "config", "ok": True, "detail": settings.source}]
-
-    def check(name: str, fn: Callable[[], str]) -> None:
-        try:
-            checks.append({"check": name, "ok": True, "detail": fn()})
-        except Exception as exc:
-            checks.append({"check": name, "ok": False, "detail": redact(f"{type(exc).__name__}: {exc}")})
-
-    def database() -> str:
-        from alembic.script import ScriptDirectory
-
-        from dispatcher.db import alembic_config, current_revision, make_engine
-
-        engine = make_engine(settings.database_url)
-        try:
-            current = current_revision(engine)
-            head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
-        finally:
-            engine.dispose()
-        if current is None and engine.dialect.name == "sqlite":
-            return f"empty SQLite file: schema {head} is applied on first use"
-        if current != head:
-            raise RuntimeError(f"schema at {current}, code wants {head}: run `smsdispatch db upgrade`")
-        return f"schema {current}"
-
-    def broker() -> str:
-        if settings.broker_url == "memory://":
-            return "in-process (embedded)"
-        import redis
-
-        redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=2).ping()
-        return "redis answers"
-
-    def workers() -> str:
-        from dispatcher.health import worker_health
-
-        health = worker_health(settings)
-        if not health["ok"]:
-            raise RuntimeError(health["detail"])
-        return str(health["detail"])
-
-    check("database", database)
-    check("broker", broker)
-    check("workers", workers)
-    for pc in settings.providers:
-
-        def probe(pc: config_mod.ProviderConfig = pc) -> str:
-            provider = make_provider(pc)
-            try:
-                if provider.HAS_BALANCE:
-                    balance = provider.balance()
-                    return f"credentials ok, balance {balance.amount} {balance.currency or ''}".strip()
-                # No balance call: a status call for an id nobody has checks the login.
-                provider.status([MessageRef("doctor", "smsdispatch-doctor", None)])
-                return "credentials ok (status call)"
-            finally:
-                provider.close()
-
-        check(f"provider {pc.name}", probe)
-    return checks
 
 
 def run_doctor(args: argparse.Namespace) -> int:

@@ -17,7 +17,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dispatcher.errors import ConfigError
+from dispatcher.providers import adapter_class
 from dispatcher.redact import register_secret
+from dispatcher.tomlout import to_toml as to_toml  # re-exported: config.to_toml
 
 KINDS = ("mysms", "sms1000", "smska", "smstele", "prostor", "stub")  # stub: tests only
 GUARANTEES = ("at-most-once", "at-least-once")
@@ -199,8 +201,6 @@ def _provider(name: str, table: Any) -> ProviderConfig:
         raise ConfigError(f"{where}kind", f"missing (one of: {' | '.join(KINDS)})")
     if kind not in KINDS:
         raise ConfigError(f"{where}kind", f"unknown provider kind {kind!r} (one of: {' | '.join(KINDS)})")
-
-    from dispatcher.providers import adapter_class  # local: providers import this module
 
     adapter = adapter_class(kind)
     common = {
@@ -410,28 +410,3 @@ def set_settings(settings: Settings | None) -> None:
     """Install settings for this process (tests, the demo); None forgets them."""
     global _cached
     _cached = settings
-
-
-def to_toml(table: Mapping[str, Any]) -> str:
-    """Write a configuration document: top-level values, then tables, then
-    ``[providers.NAME]`` tables. Values: strings, numbers, booleans, lists."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    lines = [f"{k} = {value(v)}" for k, v in table.items() if not isinstance(v, Mapping)]
-    for name, section in table.items():
-        if not isinstance(section, Mapping):
-            continue
-        if name == "providers":
-            for pname, provider in section.items():
-                lines += ["", f"[providers.{pname}]"] + [f"{k} = {value(v)}" for k, v in provider.items()]
-        else:
-            lines += ["", f"[{name}]"] + [f"{k} = {value(v)}" for k, v in section.items()]
-    return "\n".join(lines) + "\n"

@@ -32,6 +32,8 @@ def set_pool_size(size: int) -> None:
     """Size the PostgreSQL pool of engines made from now on (a worker's concurrency)."""
     global _pool_size
     _pool_size = max(1, size)
+
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 

@@ -234,7 +234,7 @@ def run(
         if mode == "celery":
             import redis
 
-            from workers import app as worker_app
+            from dispatcher import broker as worker_app
 
             worker_app.configure(settings)
             redis.Redis.from_url(settings.broker_url).delete(

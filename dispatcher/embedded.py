@@ -52,7 +52,7 @@ class EmbeddedRunner:
             self._cond.notify()
 
     def publish_many(self, items: Sequence[tuple[str, str, str | None]]) -> None:
-        """As ``workers.app.publish_many``: codes alone, bulk in groups."""
+        """As ``broker.publish_many``: codes alone, bulk in groups."""
         bulk: dict[str | None, list[str]] = defaultdict(list)
         for message_id, priority, pinned in items:
             if priority == "high":

@@ -158,7 +158,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/v1/providers", dependencies=guarded, responses=ERRORS)
     def providers() -> list[dict[str, Any]]:
-        from dispatcher.cli import provider_rows
+        from dispatcher.ops import provider_rows
 
         return provider_rows(settings)
 

@@ -1,147 +1,42 @@
-"""The Celery app: queues, routes, crash-safety settings, the beat schedule.
+"""The Celery worker's entry point: ``celery -A workers.app ...``.
 
     celery -A workers.app worker -Q sms.high,sms.bulk,sms.control,sms.poll   # everything
     celery -A workers.app worker -Q sms.high -c 4 -n high@%h       # one pool per queue
-    celery -A workers.app worker -Q sms.bulk -c 8 -n bulk@%h
+    celery -A workers.app worker -Q sms.bulk -P threads -c 50 -n bulk@%h
     celery -A workers.app beat
 
-Interactive messages (``priority="high"``: one-time codes) and bulk traffic have
-their own queues, so a pool that serves only ``sms.high`` is never behind a bulk run.
+The app, queues, routes and publishing live in ``dispatcher.broker`` (producers use
+them without importing the workers); this module adds what a worker process needs:
+log redaction, pool-sized database connections, state reset after a fork.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections import defaultdict
-from collections.abc import Sequence
 from typing import Any
 
-from celery import Celery, signals
-from kombu.entity import Queue
+from celery import signals
 
+from dispatcher.broker import (
+    CONTROL_QUEUE,
+    POLL_QUEUE,
+    QUEUES,
+    SEND_MANY_TASK,
+    SEND_TASK,
+    app,
+    beat_schedule,
+    configure,
+    publish,
+    publish_many,
+    queue_depth,
+)
 from dispatcher.config import Settings, get_settings
-from dispatcher.schedule import jobs
-from dispatcher.sending.router import Router
 
-QUEUES = {"high": "sms.high", "normal": "sms.bulk"}
-CONTROL_QUEUE = "sms.control"
-POLL_QUEUE = "sms.poll"
-SEND_TASK = "smsdispatch.send"
-SEND_MANY_TASK = "smsdispatch.send_many"
-
-app = Celery("smsdispatch", include=["workers.tasks"])
-
-
-def configure(settings: Settings) -> Celery:
-    """Apply ``settings`` to the app (at import, and again by tests and the demo)."""
-    p = settings.pipeline
-    app.conf.update(
-        broker_url=settings.broker_url,
-        broker_connection_retry_on_startup=True,
-        task_serializer="json",
-        accept_content=["json"],
-        result_backend=None,
-        task_ignore_result=True,
-        # Crash safety: a task is acknowledged only after it ran; a worker process
-        # that dies mid-task gives its task back; one task at a time per process, so
-        # a dying process holds nothing else.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        broker_transport_options={
-            # Longer than any countdown we publish (sending.MAX_COUNTDOWN) and any call.
-            "visibility_timeout": p.visibility_timeout,
-            # kombu scans for unacked tasks of dead workers every interval*throttle
-            # seconds (~100 s by default, whatever the visibility timeout).
-            "unacked_restore_interval": 5,
-            "unacked_restore_throttle": 1,
-        },
-        # On TERM, running sends get time to finish before the worker stops.
-        worker_soft_shutdown_timeout=p.soft_shutdown_timeout,
-        worker_enable_soft_shutdown_on_idle=True,
-        task_queues=[Queue(QUEUES["high"]), Queue(QUEUES["normal"]), Queue(CONTROL_QUEUE), Queue(POLL_QUEUE)],
-        task_default_queue=QUEUES["normal"],
-        task_routes={
-            SEND_TASK: {"queue": QUEUES["normal"]},
-            SEND_MANY_TASK: {"queue": QUEUES["normal"]},
-            "smsdispatch.sweep": {"queue": CONTROL_QUEUE},
-            "smsdispatch.balances": {"queue": CONTROL_QUEUE},
-            "smsdispatch.poll": {"queue": POLL_QUEUE},
-            "smsdispatch.status_queue": {"queue": POLL_QUEUE},
-        },
-        beat_schedule=beat_schedule(settings),
-        worker_hijack_root_logger=False,
-        worker_redirect_stdouts=False,
-        worker_send_task_events=settings.flower.basic_auth is not None,
-        task_send_sent_event=settings.flower.basic_auth is not None,
-    )
-    return app
-
-
-def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """``dispatcher.schedule.jobs`` as Celery beat entries. Each entry expires before
-    its next run, so a backlog of periodic tasks never piles up behind a stopped worker."""
-    return {
-        job.key: {"task": job.task, "schedule": job.every, "args": list(job.args),
-                  "options": {"expires": max(job.every * 2, 1) if job.key != "balances" else job.every}}
-        for job in jobs(settings)
-    }  # fmt: skip
-
-
-def publish(message_id: str, priority: str, countdown: float = 0.0) -> None:
-    """Publish one send task for a message already committed to the ledger."""
-    app.send_task(
-        SEND_TASK,
-        args=[message_id],
-        queue=QUEUES.get(priority, QUEUES["normal"]),
-        countdown=countdown or None,
-    )
-
-
-_routers: dict[int, Router] = {}
-
-
-def _router(settings: Settings) -> Router:
-    found = _routers.get(id(settings))
-    if found is None:
-        _routers.clear()  # settings are replaced whole (tests, reload): keep one
-        found = _routers[id(settings)] = Router(settings)
-    return found
-
-
-def publish_many(items: Sequence[tuple[str, str, str | None]]) -> None:
-    """Publish send tasks for many messages over one producer connection. Bulk
-    messages go in groups, one ``send_many`` task each (``Router.group_size``: a
-    full batch for a provider that takes batches, else a group whose single calls the
-    task makes concurrently). A high-priority message always has a task of its own: a
-    code never waits behind a group."""
-    router = _router(get_settings())
-    bulk: dict[str | None, list[str]] = defaultdict(list)
-    with app.producer_or_acquire() as producer:
-        for message_id, priority, pinned in items:
-            if priority == "high":
-                app.send_task(SEND_TASK, args=[message_id], queue=QUEUES["high"], producer=producer)
-            else:
-                bulk[pinned].append(message_id)
-        for pinned, ids in bulk.items():
-            size = router.group_size(pinned)
-            for start in range(0, len(ids), size):
-                chunk = ids[start : start + size]
-                if len(chunk) == 1:
-                    app.send_task(SEND_TASK, args=chunk, queue=QUEUES["normal"], producer=producer)
-                else:
-                    app.send_task(SEND_MANY_TASK, args=[chunk], queue=QUEUES["normal"], producer=producer)
-
-
-def queue_depth(priority: str) -> int | None:
-    """Tasks waiting in a priority's queue, or None when the broker cannot tell."""
-    try:
-        with app.connection_for_write() as conn:
-            client: Any = conn.default_channel.client
-            return int(client.llen(QUEUES.get(priority, QUEUES["normal"])))
-    except Exception:
-        return None
+__all__ = [
+    "CONTROL_QUEUE", "POLL_QUEUE", "QUEUES", "SEND_MANY_TASK", "SEND_TASK", "app", "beat_schedule",
+    "configure", "publish", "publish_many", "queue_depth",
+]  # fmt: skip
 
 
 @signals.after_setup_logger.connect
@@ -171,11 +66,9 @@ def _after_fork(**_: Any) -> None:
     # Pooled database connections and Redis clients must not cross a fork.
     from dispatcher.coordination import forget_coordinators
     from dispatcher.db import dispose_engines
-    from workers.tasks import reset_pipeline
 
     dispose_engines()
-    forget_coordinators()
-    reset_pipeline()
+    forget_coordinators()  # the tasks module drops its pipeline on the same signal
 
 
 def _flower_auth(settings: Settings) -> None:

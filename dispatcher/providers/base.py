@@ -15,13 +15,12 @@ import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from dispatcher import __version__
-from dispatcher.config import ProviderConfig
 from dispatcher.errors import (
     ERROR_CLASS,
     Action,
@@ -31,6 +30,9 @@ from dispatcher.errors import (
 )
 from dispatcher.redact import redact
 from dispatcher.status import Status
+
+if TYPE_CHECKING:  # the config validates each kind's options through the adapters: no import back
+    from dispatcher.config import ProviderConfig
 
 log = logging.getLogger("smsdispatch.providers")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from dispatcher.simulator.core import INVALID_PREFIX
+from dispatcher.simulator.base import INVALID_PREFIX
 
 BLOCKED_SENDERS = frozenset({"MegaFon"})  # prostor.md:285-287 lists it as blocked
 

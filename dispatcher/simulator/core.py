@@ -15,276 +15,33 @@ Test numbers (digits after normalization):
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import json
 import random
 import sys
 import threading
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from dispatcher.segments import count_parts
 from dispatcher.simulator import defaults
+from dispatcher.simulator.base import (
+    INVALID_PREFIX,
+    SILENT_SUFFIX,
+    UNDELIVERED_SUFFIX,
+    Faults,
+    SimProvider,
+    SimRequest,
+    SimResponse,
+    SimState,
+)
+from dispatcher.simulator.kinds import SIM_CLASSES
 
-INVALID_PREFIX = "7000"
-UNDELIVERED_SUFFIX = "0000"
-SILENT_SUFFIX = "9999"
-
-
-@dataclass
-class Faults:
-    """What the simulator does wrong, per provider. All off by default."""
-
-    latency_ms: float = 0.0  # added to every reply
-    error_rate: float = 0.0  # share of send/status calls answered with the kind's internal error
-    http500_rate: float = 0.0  # share of calls answered HTTP 500
-    hang: bool = False  # hold every call until released (or hang_seconds pass)
-    hang_seconds: float = 30.0
-    auth_fail: bool = False  # every call answered with the kind's auth error
-    no_funds: bool = False  # every send answered with the kind's no-funds error
-    error_code: str = ""  # every send answered with this documented error code
-
-    def update(self, values: dict[str, Any]) -> None:
-        for key, value in values.items():
-            if key not in self.__dataclass_fields__:
-                raise KeyError(key)
-            current = getattr(self, key)
-            if isinstance(current, bool):
-                value = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
-            elif isinstance(current, float):
-                value = float(value)
-            else:
-                value = str(value)
-            setattr(self, key, value)
-
-
-@dataclass
-class SimMessage:
-    pid: str
-    client_id: str
-    phone: str
-    text: str
-    sender: str
-    segments: int
-    created: float
-    stage: str = "accepted"  # accepted | sent | delivered | undelivered
-    queue: str = ""
-
-
-@dataclass
-class Timing:
-    sent_after: float = 0.2  # seconds from accepted to handed to the operator
-    final_after: float = 0.6  # seconds from accepted to the final status
-
-
-@dataclass
-class Account:
-    login: str
-    password: str
-    balance: float = 100000.0
-    price: float = 1.5  # per segment
-
-
-class SimState:
-    """Everything one simulated provider remembers. All methods are thread-safe."""
-
-    def __init__(self, kind: str, login: str, password: str) -> None:
-        self.kind = kind
-        self.lock = threading.RLock()
-        self.account = Account(login, password)
-        self.faults = Faults()
-        self.timing = Timing()
-        self.release = threading.Event()
-        self.messages: dict[str, SimMessage] = {}
-        self.by_client: dict[str, list[str]] = {}
-        self.queues: dict[str, list[tuple[str, str]]] = {}  # name -> [(pid, stage)]
-        self.requests: Counter[str] = Counter()
-        self.received: Counter[str] = Counter()  # "phone|text" -> times sent
-        self.accepted_at: list[float] = []  # monotonic time of each accepted message
-        self._events: list[tuple[float, int, str, str]] = []
-        self._seq = itertools.count()
-        self._ids = itertools.count(1)
-
-    # -- accounts -------------------------------------------------------------------
-
-    def auth_ok(self, login: str | None, password: str | None) -> bool:
-        if self.faults.auth_fail:
-            return False
-        return login == self.account.login and password == self.account.password
-
-    # -- messages -------------------------------------------------------------------
-
-    def new_id(self, style: str = "hex") -> str:
-        n = next(self._ids)
-        if style == "uuid":
-            import uuid
-
-            return str(uuid.uuid4())
-        if style == "alnum":
-            return f"sk{n:015x}"
-        if style == "digits":
-            return str(1_000_000 + n)
-        return f"{n:012X}"
-
-    def charge(self, text: str) -> tuple[int, float] | None:
-        """Segments and cost of a text, or None when the balance cannot cover it."""
-        parts = max(count_parts(text), 1)
-        cost = parts * self.account.price
-        with self.lock:
-            if self.faults.no_funds or self.account.balance < cost:
-                return None
-            self.account.balance -= cost
-        return parts, cost
-
-    def accept(
-        self, phone: str, text: str, sender: str, client_id: str = "", queue: str = "", style: str = "hex"
-    ) -> SimMessage:
-        now = time.monotonic()
-        with self.lock:
-            pid = self.new_id(style)
-            msg = SimMessage(pid, client_id, phone, text, sender, max(count_parts(text), 1), now, queue=queue)
-            self.messages[pid] = msg
-            if client_id:
-                self.by_client.setdefault(client_id, []).append(pid)
-            self.received[f"{phone}|{text}"] += 1
-            self.accepted_at.append(now)
-            self._push_queue(msg)
-            heapq.heappush(self._events, (now + self.timing.sent_after, next(self._seq), pid, "sent"))
-            if not phone.endswith(SILENT_SUFFIX):
-                final = "undelivered" if phone.endswith(UNDELIVERED_SUFFIX) else "delivered"
-                heapq.heappush(self._events, (now + self.timing.final_after, next(self._seq), pid, final))
-        return msg
-
-    def _push_queue(self, msg: SimMessage) -> None:
-        if msg.queue:
-            self.queues.setdefault(msg.queue, []).append((msg.pid, msg.stage))
-
-    def advance(self) -> None:
-        """Apply every status change that is due. Cheap when nothing is."""
-        now = time.monotonic()
-        with self.lock:
-            while self._events and self._events[0][0] <= now:
-                _, _, pid, stage = heapq.heappop(self._events)
-                msg = self.messages.get(pid)
-                if msg is None or msg.stage in ("delivered", "undelivered") or msg.stage == stage:
-                    continue
-                msg.stage = stage
-                self._push_queue(msg)
-
-    def get(self, pid: str) -> SimMessage | None:
-        self.advance()
-        with self.lock:
-            return self.messages.get(pid)
-
-    def find_client(self, client_id: str) -> list[SimMessage]:
-        self.advance()
-        with self.lock:
-            return [self.messages[p] for p in self.by_client.get(client_id, [])]
-
-    def drain(self, queue: str, limit: int) -> list[tuple[str, str]]:
-        self.advance()
-        with self.lock:
-            items = self.queues.get(queue, [])
-            taken, self.queues[queue] = items[:limit], items[limit:]
-        return taken
-
-    # -- control --------------------------------------------------------------------
-
-    def stats(self) -> dict[str, Any]:
-        self.advance()
-        with self.lock:
-            stages = Counter(m.stage for m in self.messages.values())
-            return {
-                "kind": self.kind,
-                "requests": dict(self.requests),
-                "messages": len(self.messages),
-                "stages": dict(stages),
-                "duplicates": sum(n - 1 for n in self.received.values() if n > 1),
-                "received": dict(self.received),
-                "balance": self.account.balance,
-                "faults": asdict(self.faults),
-                "timing": asdict(self.timing),
-                "queued_statuses": {k: len(v) for k, v in self.queues.items()},
-            }
-
-    def reset_faults(self) -> None:
-        """The provider recovers: faults off, held requests released, state kept."""
-        with self.lock:
-            self.faults = Faults()
-            self.release.set()
-            self.release = threading.Event()
-
-    def reset(self) -> None:
-        with self.lock:
-            self.faults = Faults()
-            self.timing = Timing()
-            self.release.set()
-            self.release = threading.Event()
-            self.messages.clear()
-            self.by_client.clear()
-            self.queues.clear()
-            self.requests.clear()
-            self.received.clear()
-            self.accepted_at.clear()
-            self._events.clear()
-            self.account.balance = 100000.0
-
-
-@dataclass
-class SimRequest:
-    method: str
-    path: str  # relative to the kind's base path
-    query: dict[str, str]
-    form: dict[str, str]  # query and form fields merged, form winning
-    body: bytes
-    content_type: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            return None
-
-
-@dataclass
-class SimResponse:
-    status: int
-    body: str
-    content_type: str = "application/json; charset=utf-8"
-
-
-class SimProvider:
-    """One provider's wire format. Subclasses implement ``route``."""
-
-    KIND: ClassVar[str]
-    FORM_CHARSET: ClassVar[str] = "utf-8"  # how percent-escapes in form fields decode
-
-    def __init__(self, state: SimState) -> None:
-        self.state = state
-
-    def charset_of(self, raw_fields: dict[str, str]) -> str:
-        return self.FORM_CHARSET
-
-    def route(self, req: SimRequest) -> SimResponse:
-        raise NotImplementedError
-
-    # The kind's reply to each fault; subclasses render their own wire format.
-    def internal_error(self, req: SimRequest) -> SimResponse:
-        raise NotImplementedError
-
-    def is_traffic(self, req: SimRequest) -> bool:
-        """True for send and status calls (what error_rate applies to)."""
-        return True
-
-    @staticmethod
-    def json_reply(doc: Any, status: int = 200) -> SimResponse:
-        return SimResponse(status, json.dumps(doc, ensure_ascii=False))
+__all__ = [
+    "INVALID_PREFIX", "SILENT_SUFFIX", "UNDELIVERED_SUFFIX", "Faults", "SimProvider", "SimRequest",
+    "SimResponse", "SimServer", "SimState", "Simulator",
+]  # fmt: skip
 
 
 def _parse_fields(raw: str, charset: str) -> dict[str, str]:
@@ -410,8 +167,6 @@ class SimServer:
     """One simulated provider listening on loopback, served from a thread."""
 
     def __init__(self, kind: str, host: str = defaults.HOST, port: int = 0) -> None:
-        from dispatcher.simulator.kinds import SIM_CLASSES
-
         login = defaults.LOGIN if kind != "sms1000" else "demo@example.com"
         self.kind = kind
         self.state = SimState(kind, login, defaults.password_for(kind))

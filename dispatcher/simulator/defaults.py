@@ -60,6 +60,6 @@ def default_settings_table(urls: dict[str, str] | None = None) -> dict[str, Any]
 
 
 def render_toml(table: dict[str, Any], extra_top: dict[str, str] | None = None) -> str:
-    from dispatcher.config import to_toml
+    from dispatcher.tomlout import to_toml
 
     return to_toml({**(extra_top or {}), **table})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dispatcher.simulator.core import SimProvider
+from dispatcher.simulator.base import SimProvider
 from dispatcher.simulator.mysms import MySmsSim
 from dispatcher.simulator.prostor import ProstorSim
 from dispatcher.simulator.sms1000 import Sms1000Sim

@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 from datetime import datetime
 from typing import Any
 
+from dispatcher.simulator.base import SimProvider, SimRequest, SimResponse
 from dispatcher.simulator.common import phone_ok, sender_ok
-from dispatcher.simulator.core import SimProvider, SimRequest, SimResponse
 
 XSI = 'xmlns:i="http://www.w3.org/2001/XMLSchema-instance"'
 _REQUEST_LEVEL = {"-1", "-50", "-51", "-52"}

@@ -7,8 +7,8 @@ import re
 from datetime import datetime
 from typing import Any
 
+from dispatcher.simulator.base import SimProvider, SimRequest, SimResponse
 from dispatcher.simulator.common import phone_ok, sender_ok
-from dispatcher.simulator.core import SimProvider, SimRequest, SimResponse
 
 # What status.json and statusQueue.json say per simulated stage.
 _WORD = {

@@ -7,8 +7,8 @@ import re
 from typing import Any
 from xml.sax.saxutils import escape
 
+from dispatcher.simulator.base import SimProvider, SimRequest, SimResponse
 from dispatcher.simulator.common import phone_ok
-from dispatcher.simulator.core import SimProvider, SimRequest, SimResponse
 
 TEXTS = {
     "0": "Выполнено успешно.",

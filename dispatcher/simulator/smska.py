@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from dispatcher.simulator.base import SimProvider, SimRequest, SimResponse
 from dispatcher.simulator.common import phone_ok, sender_ok
-from dispatcher.simulator.core import SimProvider, SimRequest, SimResponse
 
 ERRORS = {
     "-1": (

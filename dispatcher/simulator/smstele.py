@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from dispatcher.segments import MAX_PARTS, count_parts
+from dispatcher.simulator.base import SimProvider, SimRequest, SimResponse
 from dispatcher.simulator.common import operator_of, phone_ok, sender_ok
-from dispatcher.simulator.core import SimProvider, SimRequest, SimResponse
 
 CHARSETS = {"windows-1251": "cp1251", "utf-8": "utf-8", "koi8-r": "koi8-r"}
 _STAT = {"accepted": "ACCEPTD", "sent": "ENROUTE", "delivered": "DELIVRD", "undelivered": "UNDELIV"}

@@ -92,7 +92,7 @@ def test_low_balance_diverts_traffic(stack: Stack, sim: Simulator) -> None:
     assert stack.wait_until([mid], SETTLED)[mid] in {"accepted", "sent", "delivered"}
     assert (api.get_message(mid) or {})["provider"] == "prostor"
     assert sim["mysms"].state.stats()["requests"].get("send/json", 0) == 0
-    from dispatcher.cli import provider_rows
+    from dispatcher.ops import provider_rows
 
     shown = {r["provider"]: r for r in provider_rows(settings)}
     assert shown["mysms"]["balance"] == 500.0 and shown["mysms"]["breaker"] == "closed"

@@ -7,6 +7,8 @@ import logging
 import threading
 from typing import Any
 
+from celery import signals
+
 from dispatcher.config import get_settings
 from dispatcher.coordination import coordinator_for
 from dispatcher.errors import ValidationError
@@ -30,7 +32,9 @@ def get_pipeline() -> SendPipeline:
         return _pipeline
 
 
-def reset_pipeline() -> None:
+@signals.worker_process_init.connect
+def reset_pipeline(**_: Any) -> None:
+    """Drop the pipeline (after a fork: its HTTP sessions and threads stay with the parent)."""
     global _pipeline
     if _pipeline is not None:
         _pipeline.close()
