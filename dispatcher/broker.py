@@ -99,15 +99,16 @@ def publish(message_id: str, priority: str, countdown: float = 0.0) -> None:
     )
 
 
-_routers: dict[int, Router] = {}
+_router_for: tuple[Settings, Router] | None = None
 
 
 def _router(settings: Settings) -> Router:
-    found = _routers.get(id(settings))
-    if found is None:
-        _routers.clear()  # settings are replaced whole (tests, reload): keep one
-        found = _routers[id(settings)] = Router(settings)
-    return found
+    """The router of the current settings (settings are replaced whole: tests, reload).
+    Held with its settings, so a new settings object never meets an old router."""
+    global _router_for
+    if _router_for is None or _router_for[0] is not settings:
+        _router_for = (settings, Router(settings))
+    return _router_for[1]
 
 
 def publish_many(items: Sequence[tuple[str, str, str | None]]) -> None:
@@ -128,10 +129,14 @@ def publish_many(items: Sequence[tuple[str, str, str | None]]) -> None:
             size = router.group_size(pinned)
             for start in range(0, len(ids), size):
                 chunk = ids[start : start + size]
-                if len(chunk) == 1:
-                    app.send_task(SEND_TASK, args=chunk, queue=QUEUES["normal"], producer=producer)
-                else:
+                if len(chunk) > 1:
                     app.send_task(SEND_MANY_TASK, args=[chunk], queue=QUEUES["normal"], producer=producer)
+                else:
+                    # A lone bulk message bound for a provider that takes batches waits
+                    # a moment for company (SendPipeline.process, linger).
+                    linger = router.lingers(router.first_choice(chunk[0], pinned))
+                    app.send_task(SEND_TASK, args=chunk, kwargs={"linger": True} if linger else None,
+                                  queue=QUEUES["normal"], producer=producer)  # fmt: skip
 
 
 def queue_depth(priority: str) -> int | None:

@@ -8,6 +8,7 @@ PostgreSQL is used through ``postgresql+psycopg://``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -99,10 +100,20 @@ def dispose_engines() -> None:
         _engines.clear()
 
 
+# SQLite has one writer at a time. Within a process its transactions take turns on
+# this lock rather than in SQLite's busy handler: under a greenlet pool a
+# transaction that waits on Redis or the network yields to another greenlet, whose
+# BEGIN IMMEDIATE would then block the whole process (the C call does not yield)
+# until the busy timeout. Under gevent this lock is a cooperative one.
+_sqlite_turn = threading.RLock()
+
+
 @contextmanager
 def session_scope(url: str | None = None) -> Iterator[Session]:
     """A session for one unit of work: committed on success, rolled back on error."""
-    with Session(get_engine(url), expire_on_commit=False) as session:
+    engine = get_engine(url)
+    turn = _sqlite_turn if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+    with turn, Session(engine, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()

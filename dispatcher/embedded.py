@@ -63,6 +63,7 @@ class EmbeddedRunner:
             size = self.pipeline.router.group_size(pinned)
             for start in range(0, len(ids), size):
                 self._push(tuple(ids[start : start + size]), "normal")
+        # (A lone message is not lingered here: the in-process queue hands groups over.)
 
     def start(self) -> EmbeddedRunner:
         for thread in self._threads:

@@ -116,7 +116,9 @@ class Stack:
         args = host_argv(WORKER, "-Q", queues,
                 "-c", str(slots), "-P", self.pool, "-l", loglevel, "-n", f"w{n}-{os.getpid()}@%h",
                 "--without-gossip", "--without-mingle", "--without-heartbeat")  # fmt: skip
-        if beat:
+        if beat and self.pool == "gevent":
+            self.start_beat()  # -B is refused under a greenlet pool: a beat of its own
+        elif beat:
             args += ["-B", "-s", str(self.tmp / f"beat{n}")]
         env = {**os.environ, "SMSDISPATCH_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
@@ -132,6 +134,20 @@ class Stack:
                 raise RuntimeError(f"worker exited: {log.read_text()[-3000:]}")
             time.sleep(0.1)
         raise RuntimeError(f"worker not ready: {log.read_text()[-3000:]}")
+
+    def start_beat(self) -> subprocess.Popen[bytes]:
+        from tests.host_commands import BEAT
+
+        n = len(self.workers)
+        log = self.tmp / f"beat{n}.log"
+        args = host_argv(BEAT, "-s", str(self.tmp / f"beat{n}"), "-l", "info")
+        env = {**os.environ, "SMSDISPATCH_CONFIG": str(self.config_path), "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.workers.append(proc)
+        self.logs.append(log)
+        return proc
 
     def kill_worker(self, proc: subprocess.Popen[bytes]) -> None:
         """kill -9 of the whole worker: the main process and its pool."""

@@ -114,33 +114,28 @@ class SendPipeline:
 
     # -- entry points ------------------------------------------------------------------
 
-    def process(self, message_id: str) -> str:
-        """One send task for one message (a one-time code, a lone ``send_sms``). A
-        normal message bound for a provider that takes batches waits ``linger`` for
-        others due for it and goes with them. Returns a word for logs and tests."""
+    def process(self, message_id: str, *, linger: bool = False) -> str:
+        """One send task for one message (a one-time code, a lone ``send_sms``).
+        ``linger`` (set by the publisher for a normal message whose first choice takes
+        batches): wait ``pipeline.linger`` first, then claim it together with others
+        due for the same provider; the first task to wake takes them all, and their
+        own tasks find them taken. Returns a word for logs and tests."""
+        if linger and self.settings.pipeline.linger > 0:
+            time.sleep(self.settings.pipeline.linger)
         now = utcnow()
         with session_scope() as s:
             group = ledger.claim(s, [message_id], now, due_before=now + EARLY)
-            lingers = bool(group) and self._lingers(group[0])
-            step = self._start(s, group, now) if group and not lingers else None
-        if not group:
-            return self._not_claimed(message_id)
-        if step is not None:
-            self._publish(step.publish)
-        else:
-            # Others due for the same provider join it; their own tasks then find
-            # them taken and do nothing.
-            time.sleep(self.settings.pipeline.linger)
-            lone = group[0]
-            first = self.router.first_choice(lone.id, lone.provider_pinned)
-            now = utcnow()
-            with session_scope() as s:
+            if group and linger and self._lingers(group[0]):
+                lone = group[0]
+                first = self.router.first_choice(lone.id, lone.provider_pinned)
                 group += ledger.claim_mates(
                     s, lone, now, self.provider(str(first)).batch_size - 1,
                     keep=lambda m: self.router.first_choice(m, lone.provider_pinned) == first,
                 )  # fmt: skip
-                step = self._start(s, group, now)
-            self._publish(step.publish)
+            step = self._start(s, group, now) if group else None
+        if step is None:
+            return self._not_claimed(message_id)
+        self._publish(step.publish)
         return self._run(group, step).get(message_id, "skipped")
 
     def process_many(self, message_ids: Sequence[str]) -> dict[str, int]:

@@ -42,10 +42,11 @@ def reset_pipeline(**_: Any) -> None:
 
 
 @app.task(name="smsdispatch.send", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def send(message_id: str | None = None, **fields: Any) -> str:
+def send(message_id: str | None = None, linger: bool = False, **fields: Any) -> str:
     """Send one message from the ledger, or first store the one described by
     ``fields`` (``to``, ``text``, ``sender``, ``key``, ``at``, ``ttl``, ``priority``,
-    ``provider``) for producers that publish by task name."""
+    ``provider``) for producers that publish by task name. ``linger``: wait a moment
+    for other messages due for the same provider and send them together."""
     if message_id is None:
         try:
             from dispatcher.api import create_from_task
@@ -58,7 +59,11 @@ def send(message_id: str | None = None, **fields: Any) -> str:
             return f"invalid: {exc}"
     pipeline = get_pipeline()
     beat("send", pipeline.settings)
-    return pipeline.process(message_id)
+    if fields and fields.get("priority", "normal") != "high":
+        # Published by name: no publisher said whether it may wait for company.
+        router = pipeline.router
+        linger = router.lingers(router.first_choice(message_id, fields.get("provider")))
+    return pipeline.process(message_id, linger=linger)
 
 
 @app.task(name="smsdispatch.send_many", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
