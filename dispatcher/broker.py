@@ -56,6 +56,10 @@ def configure(settings: Settings) -> Celery:
             # seconds (~100 s by default, whatever the visibility timeout).
             "unacked_restore_interval": 5,
             "unacked_restore_throttle": 1,
+            # Redis connections per process. kombu's default, 10, is fewer than a thread
+            # or greenlet pool acks at once: an ack that finds none fails, and the task
+            # runs again (seen under -P gevent -c 50). A worker raises it to its pool.
+            "max_connections": 200,
         },
         # On TERM, running sends get time to finish before the worker stops.
         worker_soft_shutdown_timeout=p.soft_shutdown_timeout,
@@ -147,3 +151,8 @@ def queue_depth(priority: str) -> int | None:
             return int(client.llen(QUEUES.get(priority, QUEUES["normal"])))
     except Exception:
         return None
+
+
+# At import, so that producers (dispatcher.api) and `celery -A workers.app` get an app
+# configured from the settings; tests and the demo configure it again with theirs.
+configure(get_settings())

@@ -52,13 +52,18 @@ def _redact_logs(logger: Any = None, **_: Any) -> None:
 @signals.celeryd_init.connect
 def _size_pools(options: dict[str, Any] | None = None, **_: Any) -> None:
     # A thread or greenlet pool runs `concurrency` tasks at once in one process, each
-    # wanting a database connection; a prefork child runs one at a time.
+    # wanting a database connection and, to ack, a Redis one; a prefork child runs one
+    # task at a time.
     opts = options or {}
     pool = str(opts.get("pool") or opts.get("pool_cls") or "prefork")
     concurrency = int(opts.get("concurrency") or os.cpu_count() or 1)
+    green = any(k in pool for k in ("threads", "gevent", "eventlet"))
     from dispatcher.db import set_pool_size
 
-    set_pool_size(concurrency + 2 if any(k in pool for k in ("threads", "gevent", "eventlet")) else 2)
+    set_pool_size(concurrency + 2 if green else 2)
+    transport = dict(app.conf.broker_transport_options or {})
+    transport["max_connections"] = max(int(transport.get("max_connections", 0)), 2 * concurrency + 10)
+    app.conf.broker_transport_options = transport
 
 
 @signals.worker_process_init.connect
@@ -79,6 +84,4 @@ def _flower_auth(settings: Settings) -> None:
         os.environ.setdefault("FLOWER_PORT", str(settings.flower.port))
 
 
-# At import, so that `celery -A workers.app` and producers get a configured app.
-configure(get_settings())
 _flower_auth(get_settings())
