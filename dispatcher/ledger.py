@@ -32,13 +32,15 @@ def _bulk_update(
     fixed: dict[str, Any],
     *,
     where: Sequence[ColumnElement[bool]] = (),
+    keep_if_null: frozenset[str] = frozenset(),
 ) -> list[Any] | None:
     """UPDATE many rows, each with its own values: ``rows`` are ``{key: ..., column:
     value}`` with the same columns, ``fixed`` applies to all. On PostgreSQL one
     statement, ``UPDATE ... FROM unnest(arrays)``, returning the keys it matched: an
     executemany is a statement per row there, and it was the largest part of a
     200-message batch's write-back in the profile. Elsewhere (SQLite, local and
-    cheap per statement) an executemany, which cannot say what matched: None."""
+    cheap per statement) an executemany, which cannot say what matched: None.
+    Columns in ``keep_if_null`` keep their value where the row's new one is None."""
     names = [n for n in rows[0] if n != key]
     if session.get_bind().dialect.name == "postgresql":
         # One array parameter per column, unnested into rows: the statement's text is
@@ -51,14 +53,25 @@ def _bulk_update(
         statement = (
             update(table)
             .where(table.c[key] == v.c[key], *where)
-            .values(**fixed, **{n: v.c[n] for n in names})
+            .values(
+                **fixed,
+                **{n: func.coalesce(v.c[n], table.c[n]) if n in keep_if_null else v.c[n] for n in names},
+            )
             .returning(table.c[key])
         )
         return list(session.execute(statement).scalars())
     many = (
         update(table)
         .where(table.c[key] == bindparam(f"v_{key}"), *where)
-        .values(**fixed, **{n: bindparam(f"v_{n}") for n in names})
+        .values(
+            **fixed,
+            **{
+                n: func.coalesce(bindparam(f"v_{n}"), table.c[n])
+                if n in keep_if_null
+                else bindparam(f"v_{n}")
+                for n in names
+            },
+        )
     )
     session.connection().execute(many, [{f"v_{n}": r[n] for n in [key, *names]} for r in rows])
     return None
@@ -539,4 +552,12 @@ def _finish_attempts(session: Session, decisions: Sequence[Decision], now: datet
          "raw": redact(d.raw) if d.raw else d.raw, "error": redact(d.error) if d.error else d.error}
         for d in decisions
     ]  # fmt: skip
-    _bulk_update(session, ATTEMPTS, "id", rows, {})
+    # A settle (asked by our id, or the guarantee) keeps the wire context of the call.
+    _bulk_update(
+        session,
+        ATTEMPTS,
+        "id",
+        rows,
+        {},
+        keep_if_null=frozenset({"http_status", "provider_code", "raw", "error"}),
+    )

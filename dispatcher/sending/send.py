@@ -316,6 +316,14 @@ class SendPipeline:
         except ProviderError as exc:
             # The whole call failed: each message decides alone, as if sent alone.
             return [self._after_call(c, self._classify(provider, exc), None, exc) for c in unit]
+        except Exception as exc:
+            # Not a provider's answer but our own failure (a bug reading an odd reply):
+            # the request may have gone out. Read as a lost reply, so that the other
+            # calls of the group are still written back.
+            log.exception("send to %s failed unexpectedly", provider.name)
+            lost = RetryableError(f"unexpected {type(exc).__name__}: {exc}", provider=provider.name,
+                                  kind=provider.KIND, ambiguous=True)  # fmt: skip
+            return [self._after_call(c, self._classify(provider, lost), None, lost) for c in unit]
         decisions = []
         for c in unit:
             found = outcomes.get(c.msg.id)
@@ -421,7 +429,7 @@ class SendPipeline:
         provider = self.provider(attempt.provider)
         cfg = provider.config
 
-        def verdict(outcome: Outcome, why: str = "", error: str | None = None) -> Decision:
+        def verdict(outcome: Outcome, why: str = "") -> Decision:
             v = self._verdict(outcome, m, cfg)
             d = self._decision(m, v.action, why or v.rule.why, provider=cfg.name, delay=v.delay, verdict=v)
             d.attempt_id, d.attempt_started, d.attempt_outcome = (
@@ -429,7 +437,6 @@ class SendPipeline:
                 attempt.started_at,
                 v.rule.attempt,
             )
-            d.error = error
             return d
 
         if not provider.STATUS_BY_CLIENT_ID:
@@ -442,23 +449,24 @@ class SendPipeline:
         if age < cfg.reconcile_after:
             # Asked at once, a provider still working on the request we gave up on
             # answers "no such id" and we would send again: a duplicate. Wait first.
-            d = self._decision(m, Action.WAIT, f"asking {cfg.name} whether it got the message",
-                               provider=cfg.name, delay=cfg.reconcile_after - age)  # fmt: skip
-            d.attempt_id, d.attempt_started, d.attempt_outcome = attempt.id, attempt.started_at, "unconfirmed"
-            return d
+            # The attempt stays open (in flight or unconfirmed) until it is asked.
+            return self._decision(m, Action.WAIT, f"asking {cfg.name} whether it got the message",
+                                  provider=cfg.name, delay=cfg.reconcile_after - age)  # fmt: skip
         try:
             reports = provider.status_by_client_id(MessageRef(m.id, None, m.to))
         except ProviderError as exc:
             if m.retries >= cfg.max_retries:
                 m.retries = cfg.max_retries
-                return verdict(lost_outcome(guarantee=cfg.delivery_guarantee), f"cannot ask {cfg.name}",
-                               str(exc))  # fmt: skip
-            d = verdict(Outcome.ASK_FAILED, error=str(exc))
-            d.retries = m.retries + 1
+                return verdict(
+                    lost_outcome(guarantee=cfg.delivery_guarantee), f"cannot ask {cfg.name}: {exc}"
+                )
+            again = self._verdict(Outcome.ASK_FAILED, m, cfg)
+            d = self._decision(m, Action.WAIT, again.rule.why, provider=cfg.name, delay=again.delay)
+            d.retries, d.error = m.retries + 1, str(exc)
             return d
         found = [r for r in reports if r.phone in (None, m.to)]
         if not found:
-            return verdict(Outcome.NOT_FOUND, error="the provider never got it (asked by our id)")
+            return verdict(Outcome.NOT_FOUND)
         d = verdict(Outcome.FOUND)
         d.provider_message_id, d.status, d.raw = found[0].provider_message_id or m.id, found[0].status, \
             found[0].raw_status  # fmt: skip
