@@ -55,8 +55,12 @@ def test_compose_shape() -> None:
         if name != "migrate":
             assert "healthcheck" in spec, f"{name} has no healthcheck"
     assert services["beat"]["deploy"]["replicas"] == 1
+    # Codes never queue behind bulk: a pool of their own.
+    queues = {name: spec["command"][spec["command"].index("-Q") + 1] for name, spec in services.items()
+              if "-Q" in spec.get("command", [])}  # fmt: skip
+    assert queues["worker-codes"] == "sms.high" and "sms.high" not in queues["worker-send"].split(",")
     assert services["simulator"]["profiles"] == ["dev"]
-    for name in ("worker-send", "worker-poll"):
+    for name in ("worker-send", "worker-codes", "worker-poll"):
         assert "container_name" not in services[name]  # scalable with --scale
     env = (ROOT / "ops" / "smsdispatch.env").read_text()
     assert "SMSDISPATCH_DATABASE_URL" in env and "SMSDISPATCH_BROKER_URL" in env
