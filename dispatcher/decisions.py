@@ -23,6 +23,7 @@ class Outcome(StrEnum):
     PROVIDER_REFUSED = "provider_refused"  # auth, funds, sender, tariff: this provider cannot serve us now
     TRANSIENT = "transient"  # nothing went out (refused connection, 5xx, "try later")
     PROBE_FAILED = "probe_failed"  # the half-open probe's balance call failed: nothing was sent
+    BREAKER_OPENED = "breaker_opened"  # the breaker opened while the call waited: nothing was sent
     IN_DOUBT_ASKABLE = "in_doubt_askable"  # no reply after the request went out; can be asked by our id
     IN_DOUBT_AT_MOST_ONCE = "in_doubt_at_most_once"  # ... cannot be asked; never resent
     IN_DOUBT_AT_LEAST_ONCE = "in_doubt_at_least_once"  # ... cannot be asked; sent again, may duplicate

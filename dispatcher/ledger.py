@@ -436,6 +436,15 @@ def reclaim_stale(session: Session, message_id: str, now: datetime, stale_before
     return _claimed([row])[0] if row is not None else None
 
 
+def renew_claims(session: Session, message_ids: Sequence[str], now: datetime) -> None:
+    """Keep the claims of messages whose calls are still coming fresh (one UPDATE)."""
+    session.execute(
+        update(MESSAGES)
+        .where(MESSAGES.c.id.in_(list(message_ids)), MESSAGES.c.status == Status.SENDING.value)
+        .values(claimed_at=now)
+    )
+
+
 def open_attempts(session: Session, message_ids: Sequence[str]) -> dict[str, Attempt]:
     """The latest attempt still in flight or left unconfirmed, per message that has one."""
     if not message_ids:

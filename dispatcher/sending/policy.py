@@ -47,6 +47,8 @@ POLICY: dict[Outcome, Rule] = {
     Outcome.TRANSIENT: Rule(Action.RETRY, Action.FAIL_OVER, "retry", Health.BAD, "transient"),
     Outcome.PROBE_FAILED: Rule(Action.FAIL_OVER, None, "not_sent", Health.BAD,
                                "half-open probe: the balance call failed, nothing was sent"),
+    Outcome.BREAKER_OPENED: Rule(Action.FAIL_OVER, None, "not_sent", Health.NONE,
+                                 "the breaker opened while the call waited its turn: nothing was sent"),
     Outcome.IN_DOUBT_ASKABLE: Rule(Action.ASK, None, "unconfirmed", Health.BAD,
                                    "no reply after the request went out: ask by our id"),
     Outcome.IN_DOUBT_AT_MOST_ONCE: Rule(Action.MARK_UNKNOWN, None, "ambiguous", Health.BAD,

@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -67,7 +67,8 @@ class Call:
     offset: float = 0.0  # seconds after the step starts when its rate-limit slot opens
     probe: bool = False  # the half-open breaker's one probe
     attempt_id: int = 0
-    started: datetime | None = None
+    started: datetime | None = None  # when its attempt was written
+    sent_at: datetime | None = None  # when the request actually went out
 
 
 @dataclass
@@ -91,6 +92,7 @@ class SendPipeline:
         self._providers: dict[str, Provider] = {}
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        self._breaker_seen: dict[str, tuple[float, bool]] = {}
 
     def provider(self, name: str) -> Provider:
         with self._lock:
@@ -287,17 +289,51 @@ class SendPipeline:
         if len(units) == 1:
             results = [self._call_unit(units[0], began)]
         else:
-            results = list(self._pool().map(lambda u: self._call_unit(u, began), units))
+            futures = [self._pool().submit(self._call_unit, u, began) for u in units]
+            pending = set(futures)
+            while pending:
+                # Calls queued behind others may outlast one call's lease: keep the
+                # claims fresh, so the sweeper never takes these for a dead worker's.
+                _, pending = wait(pending, timeout=self.max_lease / 3)
+                if pending:
+                    self._renew([c.msg.id for c in step.calls])
+            results = [f.result() for f in futures]
         decisions = [d for unit in results for d in unit]
         self._breakers(step, decisions)
         return decisions
 
+    def _renew(self, ids: Sequence[str]) -> None:
+        try:
+            with session_scope() as s:
+                ledger.renew_claims(s, ids, utcnow())
+        except Exception as exc:  # the database is away: the calls go on, the sweeper may ask
+            log.warning("could not renew %d claims: %s", len(ids), exc)
+
+    def _opened_meanwhile(self, name: str) -> bool:
+        """Whether the breaker of ``name`` opened while a call waited its turn (asked
+        at most every half second per provider and process)."""
+        now = time.monotonic()
+        with self._lock:
+            seen = self._breaker_seen.get(name)
+        if seen is None or now - seen[0] > 0.5:
+            try:
+                state = self.coordinator.breaker_state(name).state
+            except Exception:  # advice only
+                return False
+            seen = (now, state == "open")
+            with self._lock:
+                self._breaker_seen[name] = seen
+        return seen[1]
+
     def _call_unit(self, unit: list[Call], began: float) -> list[Decision]:
         """One provider call (one message, or a batch), at its rate-limit slot."""
         provider = unit[0].provider
-        wait = began + unit[-1].offset - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
+        delay = began + unit[-1].offset - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        if time.monotonic() - began > 1.0 and self._opened_meanwhile(provider.name):
+            # It waited behind other calls while the provider failed them: send nothing.
+            return [self._after_call(c, Outcome.BREAKER_OPENED, None, None) for c in unit]
         if any(c.probe for c in unit) and provider.HAS_BALANCE:
             # The half-open probe asks the balance first, which sends nothing: a provider
             # still hanging costs a timeout, not a message in doubt.
@@ -311,6 +347,9 @@ class SendPipeline:
             OutgoingSms(id=c.msg.id, to=c.msg.to, text=c.msg.text, sender=c.msg.sender or sender)
             for c in unit
         ]
+        sent_at = utcnow()
+        for c in unit:
+            c.sent_at = sent_at
         try:
             outcomes = {o.id: o for o in provider.send(sms)}
         except ProviderError as exc:

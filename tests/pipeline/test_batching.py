@@ -128,3 +128,19 @@ def test_single_sends_linger_and_go_together(stack: Stack, sim: Simulator) -> No
     codes = [api.send_sms(f"7926{n:07d}", f"code {n}", priority="high") for n in range(1, 6)]
     assert set(stack.wait_until(codes, SETTLED, timeout=60).values()) <= TAKEN
     assert sim["prostor"].state.stats()["requests"]["send.json"] == calls + 5
+
+
+def test_a_group_outlasting_its_lease_keeps_its_claims(stack: Stack, sim: Simulator) -> None:
+    """25 calls one at a time take longer than one call's lease (connect + read
+    timeout + 5 s): the sweeper must not take the waiting ones for a dead worker's
+    and send them again (at-least-once would duplicate). The task renews its claims."""
+    stack.configure(providers=["smska"], pipeline={"call_concurrency": 1, "group_size": 25},
+                    smska={"timeout": 0.5, "connect_timeout": 0.2,
+                           "delivery_guarantee": "at-least-once"})  # fmt: skip
+    sim["smska"].state.faults.latency_ms = 300  # 25 x 0.3 s = 7.5 s > the 5.7 s lease
+    stack.start_worker(beat=True)
+    ids = api.send_bulk([{"to": f"7916{n:07d}", "text": f"lease {n}"} for n in range(1, 26)])
+    statuses = stack.wait_until(ids, SETTLED, timeout=60)
+    assert set(statuses.values()) <= TAKEN, statuses
+    assert sim["smska"].state.stats()["duplicates"] == 0
+    assert sim["smska"].state.stats()["messages"] == 25

@@ -54,6 +54,7 @@ def test_classify(error: ProviderError, can_ask: bool, guarantee: str, outcome: 
         (Outcome.MESSAGE_REFUSED, 0, Action.REJECT),
         (Outcome.MESSAGE_REFUSED, 3, Action.REJECT),
         (Outcome.PROBE_FAILED, 0, Action.FAIL_OVER),
+        (Outcome.BREAKER_OPENED, 0, Action.FAIL_OVER),
         (Outcome.FOUND, 0, Action.ACCEPT),
         (Outcome.NOT_FOUND, 0, Action.RESEND),
         (Outcome.ASK_FAILED, 0, Action.WAIT),
