@@ -199,61 +199,6 @@ def update_fields(session: Session, message_id: str, **fields: Any) -> None:
     session.execute(update(MESSAGES).where(MESSAGES.c.id == message_id).values(**fields))
 
 
-def start_attempt(session: Session, message_id: str, provider: str, kind: str) -> int:
-    """Record a provider call before it goes out, so a crash leaves a trace of it."""
-    now = utcnow()
-    result = session.execute(
-        insert(ATTEMPTS).values(
-            message_id=message_id, provider=provider, kind=kind, started_at=now, outcome="in_flight"
-        )
-    )
-    session.execute(
-        update(MESSAGES)
-        .where(MESSAGES.c.id == message_id)
-        .values(attempts=MESSAGES.c.attempts + 1, updated_at=now)
-    )
-    pk = result.inserted_primary_key  # type: ignore[attr-defined]
-    assert pk is not None
-    return int(pk[0])
-
-
-def finish_attempt(
-    session: Session,
-    attempt_id: int,
-    outcome: str,
-    *,
-    http_status: int | None = None,
-    code: str | None = None,
-    raw: str | None = None,
-    error: str | None = None,
-) -> None:
-    now = utcnow()
-    started = session.execute(select(ATTEMPTS.c.started_at).where(ATTEMPTS.c.id == attempt_id)).scalar_one()
-    session.execute(
-        update(ATTEMPTS)
-        .where(ATTEMPTS.c.id == attempt_id)
-        .values(
-            outcome=outcome,
-            finished_at=now,
-            duration_ms=(now - started).total_seconds() * 1000.0,
-            http_status=http_status,
-            provider_code=code,
-            raw=redact(raw) if raw else raw,
-            error=redact(error) if error else error,
-        )
-    )
-
-
-def open_attempt(session: Session, message_id: str) -> Attempt | None:
-    """The latest attempt still in flight or left ambiguous, if any."""
-    return session.exec(
-        orm_select(Attempt)
-        .where(col(Attempt.message_id) == message_id, col(Attempt.outcome).in_(["in_flight", "unconfirmed"]))
-        .order_by(col(Attempt.id).desc())
-        .limit(1)
-    ).first()
-
-
 def attempts_of(session: Session, message_id: str) -> list[Attempt]:
     return list(
         session.exec(

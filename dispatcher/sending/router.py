@@ -19,6 +19,17 @@ class Router:
         for p in self._enabled:
             groups.setdefault(p.priority, []).append(p.name)
         self._groups = [groups[k] for k in sorted(groups)]
+        self._batching = {p.name for p in self._enabled if self._takes_batches(p)}
+
+    @staticmethod
+    def _takes_batches(p: ProviderConfig) -> bool:
+        # SMStele takes many phones per call but stays one message per call: what makes
+        # a lost reply safe to settle is its lookup by our own id, and in a shared call
+        # every message would carry the first one's id.
+        cls = adapter_class(p.kind)
+        return (
+            min(int(p.option("batch_size", cls.MAX_BATCH)), cls.MAX_BATCH) > 1 and not cls.STATUS_BY_CLIENT_ID
+        )
 
     def order(self, message_id: str, pinned: str | None) -> list[str]:
         """A pinned message goes only to its provider. Others go by priority;
@@ -40,15 +51,8 @@ class Router:
         return name in self._names
 
     def batches(self, name: str) -> bool:
-        """Whether the pipeline sends this provider several messages per call.
-        SMStele takes many phones per call but stays one message per call: what makes
-        a lost reply safe to settle is its lookup by our own id, and in a shared call
-        every message would carry the first one's id."""
-        if not self.is_enabled(name):
-            return False
-        cls = adapter_class(self.settings.provider(name).kind)
-        size = min(int(self.settings.provider(name).option("batch_size", cls.MAX_BATCH)), cls.MAX_BATCH)
-        return size > 1 and not cls.STATUS_BY_CLIENT_ID
+        """Whether the pipeline sends this provider several messages per call."""
+        return name in self._batching
 
     def lingers(self, name: str | None) -> bool:
         """Whether a lone normal message for this provider waits `pipeline.linger`

@@ -29,7 +29,7 @@ from sqlmodel import Session
 
 from dispatcher import ledger
 from dispatcher.config import ProviderConfig, Settings
-from dispatcher.coordination import CLOSED, PROBE, Coordinator, Gate
+from dispatcher.coordination import CLOSED, PROBE, SKIP, Coordinator, Gate
 from dispatcher.db import session_scope, write_through_outage
 from dispatcher.decisions import CONTINUE, Action, Decision, Outcome
 from dispatcher.errors import ProviderError, RetryableError
@@ -242,7 +242,7 @@ class SendPipeline:
                 )
             if gate.decision == PROBE:
                 # Half-open: this message is the one probe; the others go elsewhere.
-                gates[name] = Gate(0, gate.failures)
+                gates[name] = Gate(SKIP, gate.failures)
                 probes.add(m.id)
                 return name
             if gate.decision == CLOSED:

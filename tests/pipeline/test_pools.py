@@ -62,12 +62,14 @@ def test_psycopg_lets_other_greenlets_run_during_a_query() -> None:
     ],
 )
 def test_database_pool_follows_the_worker_pool(options: dict[str, object], size: int) -> None:
-    from workers.app import _size_pools
+    from workers.app import _size_pools, app
 
-    before = db._pool_size
+    before, transport = db._pool_size, dict(app.conf.broker_transport_options)
     try:
         _size_pools(options=options)
         assert db._pool_size == size
         assert db.make_engine(PG_URL).pool.size() == size  # type: ignore[attr-defined]
+        assert app.conf.broker_transport_options["max_connections"] >= 2 * int(str(options["concurrency"]))
     finally:
         db.set_pool_size(before)
+        app.conf.broker_transport_options = transport
