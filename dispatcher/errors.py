@@ -59,6 +59,7 @@ class ProviderError(SmsDispatchError):
         code: str | None = None,
         raw: str | None = None,
         ambiguous: bool = False,
+        about: str = "provider",
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -70,6 +71,8 @@ class ProviderError(SmsDispatchError):
         # True when the request may have reached the provider and been acted upon
         # (a read timeout on a send): the message may have gone out.
         self.ambiguous = ambiguous
+        # Whose fault (providers.base.ABOUT): "request" and "account" need an operator.
+        self.about = about
 
     def __str__(self) -> str:
         parts = [f"{self.provider} ({self.kind}): {self.message}"]
@@ -99,6 +102,7 @@ class ProviderError(SmsDispatchError):
                 self.code,
                 self.raw,
                 self.ambiguous,
+                self.about,
             ),
         )
 
@@ -112,6 +116,7 @@ def _rebuild_provider_error(
     code: str | None,
     raw: str | None,
     ambiguous: bool,
+    about: str = "provider",
 ) -> ProviderError:
     return cls(
         message,
@@ -121,6 +126,7 @@ def _rebuild_provider_error(
         code=code,
         raw=raw,
         ambiguous=ambiguous,
+        about=about,
     )
 
 

@@ -57,13 +57,35 @@ def int_range(low: int, high: int) -> Callable[[Any], str | None]:
     return check
 
 
+# Whose fault a documented error code is: it decides the action and who must act.
+#   message  - the message itself (invalid or blacklisted number, forbidden text):
+#              no provider will take it, so it is rejected;
+#   request  - our request is wrong (a parameter we built, a limit we overstepped):
+#              the message may be fine, so it fails over, and an operator must look;
+#   account  - our account here (credentials, funds, sender, tariff, block): fails
+#              over, and an operator must look;
+#   provider - the provider's own trouble: retried or failed over by its nature.
+ABOUT = ("message", "request", "account", "provider")
+NEEDS_OPERATOR = ("request", "account")
+
+
 @dataclass(frozen=True)
 class ErrorRule:
-    """How one documented error code is read: what to do, what it means, where it is."""
+    """How one documented error code is read: what to do, what it means, where it is,
+    and whose fault it is (one of ``ABOUT``)."""
 
     action: Action
     meaning: str
     doc: str  # "file.md:line" of the provider document
+    about: str = "provider"
+
+    def __post_init__(self) -> None:
+        if self.about not in ABOUT:
+            raise ValueError(f"about must be one of {ABOUT}, not {self.about!r}")
+        if (self.about == "message") != (self.action == Action.REJECT):
+            # Only a fault of the message itself may reject it; anything about us or
+            # the provider must leave the message to another provider.
+            raise ValueError(f"{self.meaning!r}: about={self.about} does not go with {self.action}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,10 @@ class OutgoingSms:
     text: str
     sender: str | None = None
     at: datetime | None = None  # provider-side scheduling, aware datetime
+    # Our TTL as an absolute time (aware): adapters whose provider takes a validity or
+    # lifetime (``VALIDITY``) pass what is left of it, so the provider does not
+    # deliver the message after we would have given up on it.
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +146,16 @@ class Balance:
     amount: float | None
     currency: str | None
     details: dict[str, Any] = field(default_factory=dict)
+    # Credit the provider extends beyond the balance (prostor.md's example account
+    # has balance 0 and credit 1,000,000, and can send).
+    credit: float | None = None
+
+    @property
+    def spendable(self) -> float | None:
+        """What can actually be spent: the balance plus any credit."""
+        if self.amount is None:
+            return None
+        return self.amount + (self.credit or 0.0)
 
 
 @dataclass
@@ -161,6 +197,8 @@ class Provider:
     # True when a status call can find a message by the id *we* sent, so a message
     # whose send outcome was lost can be reconciled instead of resent blindly.
     STATUS_BY_CLIENT_ID: ClassVar[bool] = False
+    # True when a send takes a validity/lifetime, filled from ``OutgoingSms.expires_at``.
+    VALIDITY: ClassVar[bool] = False
     STATUS_MAP: ClassVar[dict[str, Status]] = {}
     ERRORS: ClassVar[dict[str, ErrorRule]] = {}
 
@@ -281,6 +319,8 @@ class Provider:
             code=code,
             raw=redact(reply.body) if reply else None,
             ambiguous=ambiguous,
+            # An undocumented code is read as the provider's; a documented one says.
+            about=rule.about if rule else "provider",
         )
 
     def malformed(self, reply: WireReply, why: str) -> NoReturn:

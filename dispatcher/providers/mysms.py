@@ -73,13 +73,13 @@ class MySms(Provider):
         "-50": ErrorRule(R, "internal server error", "my-sms.md:582"),
         "-51": ErrorRule(R, "internal server error", "my-sms.md:583"),
         "-52": ErrorRule(R, "internal server error", "my-sms.md:584"),
-        "-10": ErrorRule(J, "invalid message id", "my-sms.md:592"),
+        "-10": ErrorRule(J, "invalid message id", "my-sms.md:592", "message"),
         "-11": ErrorRule(F, "invalid or unregistered sender name", "my-sms.md:593"),
-        "-12": ErrorRule(J, "invalid recipient number", "my-sms.md:594"),
+        "-12": ErrorRule(J, "invalid recipient number", "my-sms.md:594", "message"),
         "-13": ErrorRule(F, "not enough funds", "my-sms.md:595"),
         "-14": ErrorRule(R, "error while sending the message", "my-sms.md:596"),
-        "-15": ErrorRule(J, "invalid send date format", "my-sms.md:597"),
-        "-16": ErrorRule(J, "invalid TTL", "my-sms.md:598"),
+        "-15": ErrorRule(J, "invalid send date format", "my-sms.md:597", "message"),
+        "-16": ErrorRule(J, "invalid TTL", "my-sms.md:598", "message"),
     }
 
     @property

@@ -77,15 +77,15 @@ class Prostor(Provider):
     # status "error".
     ERRORS: ClassVar[dict[str, ErrorRule]] = {
         "sender address invalid": ErrorRule(F, "sender address invalid", "prostor.md:77"),
-        "invalid mobile phone": ErrorRule(J, "invalid mobile phone", _REST),
-        "text is empty": ErrorRule(J, "text is empty", _REST),
-        "wapurl invalid": ErrorRule(J, "wap-push url invalid", _REST),
-        "invalid schedule time format": ErrorRule(J, "invalid schedule time format", _REST),
+        "invalid mobile phone": ErrorRule(J, "invalid mobile phone", _REST, "message"),
+        "text is empty": ErrorRule(J, "text is empty", _REST, "message"),
+        "wapurl invalid": ErrorRule(J, "wap-push url invalid", _REST, "message"),
+        "invalid schedule time format": ErrorRule(J, "invalid schedule time format", _REST, "message"),
         "invalid status queue name": ErrorRule(F, "invalid status queue name", _REST),
         "not enough balance": ErrorRule(F, "not enough balance", _REST),
         "error authorization": ErrorRule(F, "authorization failed", _REST),
         "account blocked": ErrorRule(F, "account blocked", _REST),
-        "too many messages": ErrorRule(J, "more than 200 messages in one request", "prostor.md:17"),
+        "too many messages": ErrorRule(J, "more than 200 messages in one request", "prostor.md:17", "message"),
         "internal error": ErrorRule(R, "internal error", _REST),
         "service unavailable": ErrorRule(R, "service temporarily unavailable", _REST),
     }

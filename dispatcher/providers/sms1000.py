@@ -48,9 +48,9 @@ class Sms1000(Provider):
         "16": Status.FAILED,  # the SMSC did not take it
     }
     ERRORS: ClassVar[dict[str, ErrorRule]] = {
-        "1": ErrorRule(J, "invalid SMS id", "1000sms.md:39"),
+        "1": ErrorRule(J, "invalid SMS id", "1000sms.md:39", "message"),
         "2": ErrorRule(F, "wrong login or password", "1000sms.md:41"),
-        "7": ErrorRule(J, "required parameters missing", "1000sms.md:43"),
+        "7": ErrorRule(J, "required parameters missing", "1000sms.md:43", "message"),
         "99": ErrorRule(R, "the send transaction did not go through", "1000sms.md:45"),
         "501": ErrorRule(R, "transaction number list not found, try later", "1000sms.md:47"),
         # 602 is listed twice (1000sms.md:49 and :51): "user does not exist" and "SMS
@@ -69,14 +69,14 @@ class Sms1000(Provider):
         "614": ErrorRule(F, "tariff group does not exist", "1000sms.md:71"),
         "615": ErrorRule(F, "invalid tariff group information", "1000sms.md:73"),
         "616": ErrorRule(F, "SMS source not set", "1000sms.md:75"),
-        "617": ErrorRule(J, "invalid recipient number format", "1000sms.md:77"),
-        "618": ErrorRule(J, "number is blacklisted", "1000sms.md:79"),
-        "619": ErrorRule(J, "number is not a valid SMS-centre number", "1000sms.md:81"),
+        "617": ErrorRule(J, "invalid recipient number format", "1000sms.md:77", "message"),
+        "618": ErrorRule(J, "number is blacklisted", "1000sms.md:79", "message"),
+        "619": ErrorRule(J, "number is not a valid SMS-centre number", "1000sms.md:81", "message"),
         "620": ErrorRule(F, "sender name must be Latin", "1000sms.md:83"),
         "621": ErrorRule(F, "sender name: over 2 digits or under 4 characters", "1000sms.md:85"),
-        "622": ErrorRule(J, "number is in the global blacklist", "1000sms.md:87"),
+        "622": ErrorRule(J, "number is in the global blacklist", "1000sms.md:87", "message"),
         "623": ErrorRule(F, "not enough funds", "1000sms.md:89"),
-        "624": ErrorRule(J, "forbidden words in the text", "1000sms.md:91"),
+        "624": ErrorRule(J, "forbidden words in the text", "1000sms.md:91", "message"),
         "699": ErrorRule(R, "could not connect", "1000sms.md:93"),
     }
 

@@ -46,9 +46,9 @@ class SmsKa(Provider):
     ERRORS: ClassVar[dict[str, ErrorRule]] = {
         "-1": ErrorRule(F, "authentication failed or account locked", "sms-ka.md:127"),
         "-3": ErrorRule(R, "send error", "sms-ka.md:131"),
-        "-4": ErrorRule(J, "argument validation failed", "sms-ka.md:135"),
+        "-4": ErrorRule(J, "argument validation failed", "sms-ka.md:135", "message"),
         "-5": ErrorRule(F, "insufficient credits", "sms-ka.md:139"),
-        "-6": ErrorRule(J, "invalid MSISDN", "sms-ka.md:143"),
+        "-6": ErrorRule(J, "invalid MSISDN", "sms-ka.md:143", "message"),
         "-7": ErrorRule(F, "sender id not valid", "sms-ka.md:147"),
     }
 

@@ -39,7 +39,7 @@ class StubProvider(Provider):
     ERRORS: ClassVar[dict[str, ErrorRule]] = {
         "retry": ErrorRule(Action.RETRY, "transient", "stub"),
         "failover": ErrorRule(Action.FAILOVER, "provider-level", "stub"),
-        "reject": ErrorRule(Action.REJECT, "message-level", "stub"),
+        "reject": ErrorRule(Action.REJECT, "message-level", "stub", "message"),
     }
 
     def __init__(self, *args: object, **kwargs: object) -> None:
