@@ -77,11 +77,16 @@ class Account:
 class SimState:
     """Everything one simulated provider remembers. All methods are thread-safe."""
 
-    def __init__(self, kind: str, login: str, password: str) -> None:
+    def __init__(self, kind: str, login: str, password: str, quirks: dict[str, Any] | None = None) -> None:
         self.kind = kind
         self.lock = threading.RLock()
         self.account = Account(login, password)
         self.faults = Faults()
+        # Where a document is silent or ambiguous, the ways a real server may read it
+        # (``SimProvider.QUIRKS``: name -> default); a test or the control endpoint
+        # ``/_sim/quirks`` picks one per instance.
+        self.quirk_defaults = dict(quirks or {})
+        self.quirks = dict(self.quirk_defaults)
         self.timing = Timing()
         self.release = threading.Event()
         self.messages: dict[str, SimMessage] = {}
@@ -193,8 +198,21 @@ class SimState:
                 "balance": self.account.balance,
                 "faults": asdict(self.faults),
                 "timing": asdict(self.timing),
+                "quirks": dict(self.quirks),
                 "queued_statuses": {k: len(v) for k, v in self.queues.items()},
             }
+
+    def set_quirks(self, values: dict[str, Any]) -> None:
+        """Pick readings for this instance; an unknown quirk name is a KeyError."""
+        with self.lock:
+            for key, value in values.items():
+                if key not in self.quirk_defaults:
+                    raise KeyError(key)
+                self.quirks[key] = value
+
+    def quirk(self, name: str) -> Any:
+        with self.lock:
+            return self.quirks[name]
 
     def reset_faults(self) -> None:
         """The provider recovers: faults off, held requests released, state kept."""
@@ -207,6 +225,7 @@ class SimState:
         with self.lock:
             self.faults = Faults()
             self.timing = Timing()
+            self.quirks = dict(self.quirk_defaults)
             self.release.set()
             self.release = threading.Event()
             self.messages.clear()
@@ -248,6 +267,8 @@ class SimProvider:
 
     KIND: ClassVar[str]
     FORM_CHARSET: ClassVar[str] = "utf-8"  # how percent-escapes in form fields decode
+    # The readings this kind can switch between (``SimState.quirks``), with defaults.
+    QUIRKS: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, state: SimState) -> None:
         self.state = state

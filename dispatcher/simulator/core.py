@@ -139,6 +139,12 @@ class _Handler(BaseHTTPRequestHandler):
             with state.lock:
                 state.account.balance = float(doc["balance"])
             return SimProvider.json_reply({"balance": state.account.balance})
+        if path == "/_sim/quirks":
+            try:
+                state.set_quirks(doc)
+            except KeyError as exc:
+                return SimProvider.json_reply({"error": f"bad quirk {exc}"}, 400)
+            return SimProvider.json_reply(dict(state.quirks))
         if path == "/_sim/reset":
             state.reset()
             return SimProvider.json_reply({"reset": True})
@@ -169,8 +175,9 @@ class SimServer:
     def __init__(self, kind: str, host: str = defaults.HOST, port: int = 0) -> None:
         login = defaults.LOGIN if kind != "sms1000" else "demo@example.com"
         self.kind = kind
-        self.state = SimState(kind, login, defaults.password_for(kind))
-        self.sim = SIM_CLASSES[kind](self.state)
+        cls = SIM_CLASSES[kind]
+        self.state = SimState(kind, login, defaults.password_for(kind), cls.QUIRKS)
+        self.sim = cls(self.state)
         _, base_path = defaults.LAYOUT[kind]
         self.httpd = _Server((host, port), self.sim, base_path)
         address = self.httpd.server_address
