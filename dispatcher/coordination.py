@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import redis
+import redis.exceptions
 
 PREFIX = "smsd:"
 
@@ -30,6 +32,15 @@ class Gate:
 
     decision: int  # SKIP, CLOSED, PROBE or LOW_BALANCE
     failures: int  # consecutive failures so far (0: a success need not be recorded)
+
+
+class Lease:
+    """A lock this caller holds. ``release`` frees it only while it is still ours: a
+    holder slower than the lock's TTL finds someone else holding it and leaves that
+    alone (answering False)."""
+
+    def release(self) -> bool:
+        raise NotImplementedError
 
 
 @dataclass
@@ -64,8 +75,9 @@ class Coordinator:
     def breaker_state(self, name: str) -> BreakerState:
         raise NotImplementedError
 
-    def rate_acquire(self, name: str, per_second: float) -> float:
-        """Take one slot; 0.0 when granted, else the seconds to wait (nothing taken)."""
+    def rate_acquire(self, name: str, per_second: float, cost: int = 1) -> float:
+        """Take ``cost`` slots (one call carrying ``cost`` messages); 0.0 when granted,
+        else the seconds to wait (nothing taken)."""
         raise NotImplementedError
 
     def rate_reserve(self, name: str, per_second: float, cost: int, max_wait: float) -> tuple[bool, float]:
@@ -75,10 +87,8 @@ class Coordinator:
         was taken, come back in ``wait`` seconds."""
         raise NotImplementedError
 
-    def acquire_lock(self, name: str, ttl: float) -> bool:
-        raise NotImplementedError
-
-    def release_lock(self, name: str) -> None:
+    def acquire_lock(self, name: str, ttl: float) -> Lease | None:
+        """Take the lock ``name`` for ``ttl`` seconds, or None when someone holds it."""
         raise NotImplementedError
 
     def set_value(self, name: str, value: str) -> None:
@@ -150,31 +160,38 @@ return 0
 """
 )
 
-# GCRA without burst: the key holds the earliest time of the next slot.
+# The rate limiter counts in microseconds: whole milliseconds would round a 300/s
+# interval (3.33 ms) down to 3 ms and let 333/s through. Epoch microseconds (~1.8e15)
+# are exact in Lua's doubles (2^53 ~ 9e15).
+_NOW_US = "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000000 + tonumber(t[2])"
+
+# GCRA without burst: the key holds the earliest time of the next slot. Take ARGV[2]
+# slots (the cost) when the next is free now, else answer the wait (nothing taken).
 _RATE = (
-    _NOW
+    _NOW_US
     + """
 local interval = tonumber(ARGV[1])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat > now then return tat - now end
-redis.call('SET', KEYS[1], now + interval, 'PX', interval + 1000)
-return 0
+if tat > now then return tostring(tat - now) end
+local span = tonumber(ARGV[2]) * interval
+redis.call('SET', KEYS[1], tostring(now + span), 'PX', math.ceil(span / 1000) + 1000)
+return '0'
 """
 )
 
-# The same with a cost: reserve ARGV[2] slots at once, unless the first is further
-# away than ARGV[3] ms. Returns {1, wait} (reserved) or {0, wait} (nothing taken).
+# The same reserving ahead: ARGV[2] slots at once, unless the first is further away
+# than ARGV[3] us. Returns {1, wait} (reserved) or {0, wait} (nothing taken), in us.
 _RESERVE = (
-    _NOW
+    _NOW_US
     + """
 local interval = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local wait = tat - now
-if wait > tonumber(ARGV[3]) then return {0, wait} end
-redis.call('SET', KEYS[1], tat + cost * interval, 'PX', wait + cost * interval + 1000)
-return {1, wait}
+if wait > tonumber(ARGV[3]) then return {0, tostring(wait)} end
+redis.call('SET', KEYS[1], tostring(tat + cost * interval), 'PX', math.ceil((wait + cost * interval) / 1000) + 1000)
+return {1, tostring(wait)}
 """
 )
 
@@ -219,24 +236,30 @@ class RedisCoordinator(Coordinator):
         now, open_until, failures, opens = (int(x) for x in self._state(keys=[f"{PREFIX}breaker:{name}"]))
         return _state_of(now / 1000, open_until / 1000, failures, opens)
 
-    def rate_acquire(self, name: str, per_second: float) -> float:
+    # Numbers cross the script boundary as strings: Redis truncates Lua numbers to
+    # integers, and the interval keeps its fraction of a microsecond.
+    @staticmethod
+    def _interval_us(per_second: float) -> str:
+        return repr(1_000_000.0 / per_second)
+
+    def rate_acquire(self, name: str, per_second: float, cost: int = 1) -> float:
         if per_second <= 0:
             return 0.0
-        interval = max(1, int(1000 / per_second))
-        return int(self._rate(keys=[f"{PREFIX}rate:{name}"], args=[interval])) / 1000.0
+        wait = self._rate(keys=[f"{PREFIX}rate_us:{name}"], args=[self._interval_us(per_second), cost])
+        return float(wait) / 1e6
 
     def rate_reserve(self, name: str, per_second: float, cost: int, max_wait: float) -> tuple[bool, float]:
         if per_second <= 0:
             return True, 0.0
-        interval = max(1, int(1000 / per_second))
-        ok, wait = self._reserve(keys=[f"{PREFIX}rate:{name}"], args=[interval, cost, int(max_wait * 1000)])
-        return bool(ok), int(wait) / 1000.0
+        args = [self._interval_us(per_second), cost, repr(max_wait * 1e6)]
+        ok, wait = self._reserve(keys=[f"{PREFIX}rate_us:{name}"], args=args)
+        return bool(ok), float(wait) / 1e6
 
-    def acquire_lock(self, name: str, ttl: float) -> bool:
-        return bool(self.client.set(f"{PREFIX}lock:{name}", "1", nx=True, px=int(ttl * 1000)))
-
-    def release_lock(self, name: str) -> None:
-        self.client.delete(f"{PREFIX}lock:{name}")
+    def acquire_lock(self, name: str, ttl: float) -> Lease | None:
+        # redis-py's Lock: a random token per holder, released by a script that checks
+        # it. Not thread-local: a task may release from another thread of its pool.
+        lock = self.client.lock(f"{PREFIX}lock:{name}", timeout=ttl, blocking=False, thread_local=False)
+        return _RedisLease(lock) if lock.acquire() else None
 
     def set_value(self, name: str, value: str) -> None:
         self.client.set(f"{PREFIX}value:{name}", value)
@@ -249,6 +272,18 @@ class RedisCoordinator(Coordinator):
         keys = list(self.client.scan_iter(f"{PREFIX}*"))
         if keys:
             self.client.delete(*keys)
+
+
+class _RedisLease(Lease):
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+
+    def release(self) -> bool:
+        try:
+            self.lock.release()
+        except redis.exceptions.LockError:  # LockNotOwnedError included: it expired
+            return False
+        return True
 
 
 def _state_of(now: float, open_until: float, failures: int, opens: int) -> BreakerState:
@@ -267,7 +302,7 @@ class MemoryCoordinator(Coordinator):
         self._lock = threading.Lock()
         self._breakers: dict[str, dict[str, float]] = {}
         self._tat: dict[str, float] = {}
-        self._locks: dict[str, float] = {}
+        self._locks: dict[str, tuple[str, float]] = {}  # name -> (token, until)
         self._values: dict[str, str] = {}
 
     def _b(self, name: str) -> dict[str, float]:
@@ -322,7 +357,7 @@ class MemoryCoordinator(Coordinator):
             b = dict(self._b(name))
         return _state_of(time.monotonic(), b["open_until"], int(b["failures"]), int(b["opens"]))
 
-    def rate_acquire(self, name: str, per_second: float) -> float:
+    def rate_acquire(self, name: str, per_second: float, cost: int = 1) -> float:
         if per_second <= 0:
             return 0.0
         interval = 1.0 / per_second
@@ -331,7 +366,7 @@ class MemoryCoordinator(Coordinator):
             tat = max(self._tat.get(name, now), now)
             if tat > now:
                 return tat - now
-            self._tat[name] = tat + interval
+            self._tat[name] = tat + cost * interval
             return 0.0
 
     def rate_reserve(self, name: str, per_second: float, cost: int, max_wait: float) -> tuple[bool, float]:
@@ -346,17 +381,23 @@ class MemoryCoordinator(Coordinator):
             self._tat[name] = tat + cost * interval
             return True, tat - now
 
-    def acquire_lock(self, name: str, ttl: float) -> bool:
+    def acquire_lock(self, name: str, ttl: float) -> Lease | None:
         now = time.monotonic()
         with self._lock:
-            if self._locks.get(name, 0) > now:
-                return False
-            self._locks[name] = now + ttl
-            return True
+            held = self._locks.get(name)
+            if held is not None and held[1] > now:
+                return None
+            token = uuid.uuid4().hex
+            self._locks[name] = (token, now + ttl)
+        return _MemoryLease(self, name, token)
 
-    def release_lock(self, name: str) -> None:
+    def _release(self, name: str, token: str) -> bool:
         with self._lock:
-            self._locks.pop(name, None)
+            held = self._locks.get(name)
+            if held is None or held[0] != token or held[1] <= time.monotonic():
+                return False
+            del self._locks[name]
+            return True
 
     def set_value(self, name: str, value: str) -> None:
         with self._lock:
@@ -372,6 +413,14 @@ class MemoryCoordinator(Coordinator):
             self._tat.clear()
             self._locks.clear()
             self._values.clear()
+
+
+class _MemoryLease(Lease):
+    def __init__(self, owner: MemoryCoordinator, name: str, token: str) -> None:
+        self.owner, self.name, self.token = owner, name, token
+
+    def release(self) -> bool:
+        return self.owner._release(self.name, self.token)
 
 
 _coordinators: dict[str, Coordinator] = {}

@@ -127,14 +127,38 @@ def test_rate_limit_spaces_slots(coordinator: Coordinator) -> None:
     assert coordinator.rate_acquire("s", 0) == 0.0  # 0 = unlimited
 
 
+def test_rate_limit_counts_microseconds_and_takes_a_cost(coordinator: Coordinator) -> None:
+    """300/s is an interval of 3.33 ms: whole milliseconds would make it 3 ms and let
+    333/s through. 300 slots taken at once (one call of 300 messages, or reserved
+    ahead) push the next slot a whole second out."""
+    assert coordinator.rate_acquire("g", 300, cost=300) == 0.0
+    assert 0.98 < coordinator.rate_acquire("g", 300) <= 1.0
+    ok, wait = coordinator.rate_reserve("h", 300, 300, max_wait=5)
+    assert ok and wait == 0.0
+    ok, wait = coordinator.rate_reserve("h", 300, 1, max_wait=5)
+    assert ok and 0.98 < wait <= 1.0
+
+
 def test_locks_and_values(coordinator: Coordinator) -> None:
-    assert coordinator.acquire_lock("poll:x", ttl=5)
-    assert not coordinator.acquire_lock("poll:x", ttl=5)
-    coordinator.release_lock("poll:x")
-    assert coordinator.acquire_lock("poll:x", ttl=5)
+    lease = coordinator.acquire_lock("poll:x", ttl=5)
+    assert lease is not None
+    assert coordinator.acquire_lock("poll:x", ttl=5) is None
+    assert lease.release()
+    assert coordinator.acquire_lock("poll:x", ttl=5) is not None
     coordinator.set_value("balance:x", "12.5")
     assert coordinator.get_value("balance:x") == "12.5"
     assert coordinator.get_value("balance:none") is None
+
+
+def test_a_slow_holder_cannot_release_the_next_holders_lock(coordinator: Coordinator) -> None:
+    slow = coordinator.acquire_lock("run:y", ttl=0.2)
+    assert slow is not None
+    time.sleep(0.3)  # the slow holder's lock expired meanwhile
+    fresh = coordinator.acquire_lock("run:y", ttl=5)
+    assert fresh is not None
+    assert not slow.release()  # not its lock any more: left alone
+    assert coordinator.acquire_lock("run:y", ttl=5) is None
+    assert fresh.release()
 
 
 def test_half_open_probe_asks_the_balance_before_risking_a_message(stack: Stack, sim: Simulator) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from celery import signals
 
 from dispatcher.config import get_settings
-from dispatcher.coordination import coordinator_for
+from dispatcher.coordination import Lease, coordinator_for
 from dispatcher.errors import ValidationError
 from dispatcher.health import beat
 from dispatcher.sending import SendPipeline
@@ -83,18 +83,20 @@ def sweep() -> dict[str, int]:
     return run_sweep(pipeline, queue_depth)
 
 
-def _exclusive(name: str, interval: float) -> bool:
+def _exclusive(name: str, interval: float) -> Lease | None:
     """Run a periodic job of one provider at most once per interval and never two at
     once: a slot lock that expires before the next interval (so two beats started by
-    mistake do not double the work) and a run lock held while it runs."""
+    mistake do not double the work) and a run lock held while it runs, released only
+    by its holder."""
     coordinator = get_pipeline().coordinator
-    if not coordinator.acquire_lock(f"slot:{name}", ttl=max(interval * 0.8, 0.2)):
-        return False
+    if coordinator.acquire_lock(f"slot:{name}", ttl=max(interval * 0.8, 0.2)) is None:
+        return None
     return coordinator.acquire_lock(f"run:{name}", ttl=600)
 
 
-def _done(name: str) -> None:
-    get_pipeline().coordinator.release_lock(f"run:{name}")
+def _done(name: str, lease: Lease) -> None:
+    if not lease.release():
+        log.warning("%s ran past its run lock's 600 s: another run may have overlapped it", name)
 
 
 @app.task(name="smsdispatch.poll", ignore_result=True)
@@ -104,31 +106,32 @@ def poll(provider: str) -> dict[str, Any]:
     from dispatcher.tracking import poll_due
 
     pipeline = get_pipeline()
-    if not _exclusive(f"poll:{provider}", pipeline.settings.polling.interval):
+    lease = _exclusive(f"poll:{provider}", pipeline.settings.polling.interval)
+    if lease is None:
         return {"skipped": provider}
     try:
         return asdict(poll_due(pipeline.settings, pipeline.coordinator, pipeline.provider(provider)))
     finally:
-        _done(f"poll:{provider}")
+        _done(f"poll:{provider}", lease)
 
 
 @app.task(name="smsdispatch.status_queue", ignore_result=True)
 def status_queue(provider: str) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from dispatcher.providers.prostor import Prostor
-    from dispatcher.tracking import drain_status_queue
+    from dispatcher.tracking import drain_status_queue, uses_status_queue
 
     pipeline = get_pipeline()
     adapter = pipeline.provider(provider)
-    if not isinstance(adapter, Prostor) or not _exclusive(
-        f"queue:{provider}", pipeline.settings.polling.queue_interval
-    ):
+    if not uses_status_queue(adapter):
+        return {"skipped": provider}
+    lease = _exclusive(f"queue:{provider}", pipeline.settings.polling.queue_interval)
+    if lease is None:
         return {"skipped": provider}
     try:
         return asdict(drain_status_queue(pipeline.settings, adapter))
     finally:
-        _done(f"queue:{provider}")
+        _done(f"queue:{provider}", lease)
 
 
 @app.task(name="smsdispatch.balances", ignore_result=True)
@@ -136,9 +139,10 @@ def balances() -> list[dict[str, Any]]:
     from dispatcher.tracking import read_balances
 
     pipeline = get_pipeline()
-    if not _exclusive("balances", pipeline.settings.polling.balance_interval):
+    lease = _exclusive("balances", pipeline.settings.polling.balance_interval)
+    if lease is None:
         return []
     try:
         return read_balances(pipeline.settings, pipeline.coordinator)
     finally:
-        _done("balances")
+        _done("balances", lease)
