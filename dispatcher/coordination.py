@@ -190,7 +190,8 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local wait = tat - now
 if wait > tonumber(ARGV[3]) then return {0, tostring(wait)} end
-redis.call('SET', KEYS[1], tostring(tat + cost * interval), 'PX', math.ceil((wait + cost * interval) / 1000) + 1000)
+local span = wait + cost * interval
+redis.call('SET', KEYS[1], tostring(tat + cost * interval), 'PX', math.ceil(span / 1000) + 1000)
 return {1, tostring(wait)}
 """
 )
