@@ -91,7 +91,8 @@ class Coordinator:
         """Take the lock ``name`` for ``ttl`` seconds, or None when someone holds it."""
         raise NotImplementedError
 
-    def set_value(self, name: str, value: str) -> None:
+    def set_value(self, name: str, value: str, ttl: float | None = None) -> None:
+        """Keep ``value`` under ``name``, for ``ttl`` seconds when given."""
         raise NotImplementedError
 
     def get_value(self, name: str) -> str | None:
@@ -262,8 +263,8 @@ class RedisCoordinator(Coordinator):
         lock = self.client.lock(f"{PREFIX}lock:{name}", timeout=ttl, blocking=False, thread_local=False)
         return _RedisLease(lock) if lock.acquire() else None
 
-    def set_value(self, name: str, value: str) -> None:
-        self.client.set(f"{PREFIX}value:{name}", value)
+    def set_value(self, name: str, value: str, ttl: float | None = None) -> None:
+        self.client.set(f"{PREFIX}value:{name}", value, px=None if ttl is None else max(1, int(ttl * 1000)))
 
     def get_value(self, name: str) -> str | None:
         value: Any = self.client.get(f"{PREFIX}value:{name}")
@@ -305,6 +306,7 @@ class MemoryCoordinator(Coordinator):
         self._tat: dict[str, float] = {}
         self._locks: dict[str, tuple[str, float]] = {}  # name -> (token, until)
         self._values: dict[str, str] = {}
+        self._expiry: dict[str, float] = {}  # name -> monotonic time it lapses
 
     def _b(self, name: str) -> dict[str, float]:
         return self._breakers.setdefault(
@@ -400,12 +402,19 @@ class MemoryCoordinator(Coordinator):
             del self._locks[name]
             return True
 
-    def set_value(self, name: str, value: str) -> None:
+    def set_value(self, name: str, value: str, ttl: float | None = None) -> None:
         with self._lock:
             self._values[name] = value
+            if ttl is None:
+                self._expiry.pop(name, None)
+            else:
+                self._expiry[name] = time.monotonic() + ttl
 
     def get_value(self, name: str) -> str | None:
         with self._lock:
+            if self._expiry.get(name, float("inf")) <= time.monotonic():
+                self._values.pop(name, None)
+                self._expiry.pop(name, None)
             return self._values.get(name)
 
     def reset(self) -> None:
@@ -414,6 +423,7 @@ class MemoryCoordinator(Coordinator):
             self._tat.clear()
             self._locks.clear()
             self._values.clear()
+            self._expiry.clear()
 
 
 class _MemoryLease(Lease):

@@ -146,8 +146,20 @@ def expire_overdue(settings: Settings, provider_name: str) -> int:
     return done
 
 
+# A status call that fails without any reply (refused, reset, connect timeout) says the
+# provider is down as a whole; so do this many failed calls in a row of one round.
+FAILED_CALLS_IN_A_ROW = 3
+POLL_PAUSE_MAX = 600.0  # seconds: the longest a provider's polling is paused
+
+
 def poll_due(settings: Settings, coordinator: Coordinator, provider: Provider) -> PollStats:
-    """One poll round for one provider instance."""
+    """One poll round for one provider instance.
+
+    A round always moves through the due list: a message whose status call fails is
+    put back by its own next-poll time with the error kept, and the next message is
+    asked. Only a failure of the provider as a whole (no reply at all, or
+    ``FAILED_CALLS_IN_A_ROW`` failed calls in a row) ends the round, and pauses the
+    provider's polling for a while that grows while it lasts."""
     started = time.monotonic()
     name = provider.name
     stats = PollStats(name)
@@ -155,6 +167,9 @@ def poll_due(settings: Settings, coordinator: Coordinator, provider: Provider) -
     if coordinator.breaker_state(name).state == "open":
         # The provider is down for sends; its status endpoint gets the same rest.
         stats.errors.append("circuit open: not polled")
+        return stats
+    if coordinator.get_value(f"poll_paused:{name}"):
+        stats.errors.append("polling paused after the provider failed as a whole")
         return stats
     pol = settings.polling
     now = utcnow()
@@ -181,6 +196,8 @@ def poll_due(settings: Settings, coordinator: Coordinator, provider: Provider) -
         return stats
     reports: list[StatusReport] = []
     polled: list[Any] = []
+    failed: list[tuple[Any, str]] = []  # (row, error) of messages whose check failed
+    in_a_row = 0
     for chunk in chunked(due, batch):
         wait = coordinator.rate_acquire(name, provider.config.rate_limit)
         while wait > 0:
@@ -190,20 +207,43 @@ def poll_due(settings: Settings, coordinator: Coordinator, provider: Provider) -
         try:
             reports.extend(provider.status(refs))
         except ProviderError as exc:
+            stats.calls += 1
             stats.errors.append(str(exc))
-            log.warning("status poll of %s failed: %s", name, exc)
-            break
+            failed.extend((row, str(exc)) for row in chunk)
+            in_a_row += 1
+            no_reply = exc.http_status is None and exc.code is None
+            if no_reply or in_a_row >= FAILED_CALLS_IN_A_ROW:
+                pause = _pause_polling(coordinator, name, pol.interval)
+                log.warning("status polls of %s fail (%s): polling paused for %.0fs", name, exc, pause)
+                break
+            log.warning("status check at %s failed, the message waits its next turn: %s", name, exc)
+            continue
+        in_a_row = 0
         stats.calls += 1
         polled.extend(chunk)
+    if polled:
+        coordinator.set_value(f"poll_pauses:{name}", "0")
     stats.polled = len(polled)
     stats.changed = apply_reports(name, reports, "poll")
     schedule_next(settings, polled)
+    schedule_next(settings, [row for row, _ in failed], errors={row[0]: err for row, err in failed})
     stats.seconds = time.monotonic() - started
     return stats
 
 
-def schedule_next(settings: Settings, polled: Sequence[Any]) -> None:
-    """Push each polled message's next poll out by the interval for its age."""
+def _pause_polling(coordinator: Coordinator, name: str, interval: float) -> float:
+    """Pause a provider's polling: one round's interval, doubling while it fails."""
+    pauses = int(coordinator.get_value(f"poll_pauses:{name}") or "0")
+    pause = min(interval * 2**pauses, POLL_PAUSE_MAX)
+    coordinator.set_value(f"poll_pauses:{name}", str(pauses + 1))
+    coordinator.set_value(f"poll_paused:{name}", "1", ttl=pause)
+    return pause
+
+
+def schedule_next(settings: Settings, polled: Sequence[Any], errors: dict[str, str] | None = None) -> None:
+    """Push each polled message's next poll out by the interval for its age. A message
+    whose check failed (``errors``: id -> error) backs off the same way, alone, and
+    keeps its error."""
     intervals = settings.polling.intervals
     now = utcnow()
     by_polls: dict[int, list[str]] = defaultdict(list)
@@ -212,6 +252,15 @@ def schedule_next(settings: Settings, polled: Sequence[Any]) -> None:
     with session_scope() as s:
         for polls, ids in by_polls.items():
             nxt = now + timedelta(seconds=intervals[min(polls + 1, len(intervals) - 1)])
+            if errors:
+                for mid in ids:
+                    s.execute(
+                        update(MESSAGES)
+                        .where(MESSAGES.c.id == mid)
+                        .values(polls=polls + 1, next_poll_at=nxt,
+                                last_error=redact(f"status check failed: {errors[mid]}")[:2000])
+                    )  # fmt: skip
+                continue
             for start in range(0, len(ids), 500):
                 s.execute(
                     update(MESSAGES)

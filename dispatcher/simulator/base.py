@@ -32,6 +32,9 @@ class Faults:
     auth_fail: bool = False  # every call answered with the kind's auth error
     no_funds: bool = False  # every send answered with the kind's no-funds error
     error_code: str = ""  # every send answered with this documented error code
+    # Phones (comma-separated) whose status checks fail with HTTP 500: one message the
+    # provider chokes on while every other one answers.
+    broken_status: str = ""
 
     def update(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
@@ -168,12 +171,22 @@ class SimState:
     def get(self, pid: str) -> SimMessage | None:
         self.advance()
         with self.lock:
-            return self.messages.get(pid)
+            found = self.messages.get(pid)
+        self._check_broken([found] if found else [])
+        return found
 
     def find_client(self, client_id: str) -> list[SimMessage]:
         self.advance()
         with self.lock:
-            return [self.messages[p] for p in self.by_client.get(client_id, [])]
+            found = [self.messages[p] for p in self.by_client.get(client_id, [])]
+        self._check_broken(found)
+        return found
+
+    def _check_broken(self, found: list[SimMessage]) -> None:
+        broken = self.faults.broken_status
+        if broken and any(m.phone in broken.split(",") for m in found):
+            # The server answers HTTP 500 to an exception in a handler.
+            raise RuntimeError("status of this message fails (fault broken_status)")
 
     def drain(self, queue: str, limit: int) -> list[tuple[str, str]]:
         self.advance()
