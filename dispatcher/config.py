@@ -17,11 +17,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dispatcher.errors import ConfigError
-from dispatcher.providers import adapter_class
+from dispatcher.providers import adapter_class, registry
 from dispatcher.redact import register_secret
 from dispatcher.tomlout import to_toml as to_toml  # re-exported: config.to_toml
 
-KINDS = ("mysms", "sms1000", "smska", "smstele", "prostor", "stub")  # stub: tests only
 GUARANTEES = ("at-most-once", "at-least-once")
 DEFAULT_DATABASE_URL = "sqlite:///smsdispatch.db"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -197,10 +196,11 @@ def _provider(name: str, table: Any) -> ProviderConfig:
     if not isinstance(table, Mapping):
         raise ConfigError(f"providers.{name}", "expected a table")
     kind = _take(table, "kind", where, str, None)
+    known = registry.kinds()
     if kind is None:
-        raise ConfigError(f"{where}kind", f"missing (one of: {' | '.join(KINDS)})")
-    if kind not in KINDS:
-        raise ConfigError(f"{where}kind", f"unknown provider kind {kind!r} (one of: {' | '.join(KINDS)})")
+        raise ConfigError(f"{where}kind", f"missing (one of: {' | '.join(known)})")
+    if kind not in known:
+        raise ConfigError(f"{where}kind", f"unknown provider kind {kind!r} (one of: {' | '.join(known)})")
 
     adapter = adapter_class(kind)
     common = {

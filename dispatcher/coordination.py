@@ -253,7 +253,7 @@ class RedisCoordinator(Coordinator):
     def rate_reserve(self, name: str, per_second: float, cost: int, max_wait: float) -> tuple[bool, float]:
         if per_second <= 0:
             return True, 0.0
-        args = [self._interval_us(per_second), cost, repr(max_wait * 1e6)]
+        args: list[str | int] = [self._interval_us(per_second), cost, repr(max_wait * 1e6)]
         ok, wait = self._reserve(keys=[f"{PREFIX}rate_us:{name}"], args=args)
         return bool(ok), float(wait) / 1e6
 

@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 
 from dispatcher.config import Settings
 from dispatcher.coordination import MemoryCoordinator
-from dispatcher.providers.prostor import Prostor
 from dispatcher.schedule import jobs
 from dispatcher.sending import SendPipeline
 from dispatcher.sweeper import sweep
@@ -106,9 +105,7 @@ class EmbeddedRunner:
         pipeline, settings, coordinator = self.pipeline, self.settings, self.coordinator
 
         def drain(name: str) -> object:
-            provider = pipeline.provider(name)
-            assert isinstance(provider, Prostor)
-            return drain_status_queue(settings, provider)
+            return drain_status_queue(settings, pipeline.provider(name))
 
         run: dict[str, Callable[..., object]] = {
             "smsdispatch.sweep": lambda: sweep(pipeline),

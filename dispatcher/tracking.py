@@ -1,4 +1,4 @@
-"""Delivery tracking: status polls, the prostor status queue, balances.
+"""Delivery tracking: status polls, status queues, balances.
 
 A message is done when the ledger holds its final status. Beat drives three jobs
 per provider instance:
@@ -8,7 +8,8 @@ per provider instance:
   per round; the gap to a message's next poll grows with its age
   (``polling.intervals``); a message with no final status after
   ``pipeline.status_horizon`` becomes ``expired`` (or ``unknown``, ``on_horizon``).
-- ``drain_status_queue`` (prostor with ``status_queue``): up to 1000 changes a call,
+- ``drain_status_queue`` (a kind that ``HAS_STATUS_QUEUE``, an instance with
+  ``status_queue`` configured: prostor-sms.ru): up to 1000 changes a call,
   again while the queue stays full. Those messages are polled by id only as a
   fallback, when the queue has not reported them for ``queue_fallback_after``.
 - ``read_balances``: every provider's balance, kept as history; a balance under the
@@ -38,7 +39,6 @@ from dispatcher.errors import ProviderError
 from dispatcher.models import BALANCES, MESSAGES, utcnow
 from dispatcher.providers import make_provider
 from dispatcher.providers.base import MessageRef, Provider, StatusReport, chunked
-from dispatcher.providers.prostor import Prostor
 from dispatcher.redact import redact
 from dispatcher.status import Status, can_transition
 
@@ -59,7 +59,8 @@ class PollStats:
 
 
 def uses_status_queue(provider: Provider) -> bool:
-    return isinstance(provider, Prostor) and provider.status_queue is not None
+    """The provider pushes statuses into a queue and this instance has one configured."""
+    return provider.HAS_STATUS_QUEUE and provider.status_queue is not None
 
 
 def apply_reports(provider_name: str, reports: Sequence[StatusReport], source: str) -> int:
@@ -234,7 +235,7 @@ def poll_due(settings: Settings, coordinator: Coordinator, provider: Provider) -
 def _pause_polling(coordinator: Coordinator, name: str, interval: float) -> float:
     """Pause a provider's polling: one round's interval, doubling while it fails."""
     pauses = int(coordinator.get_value(f"poll_pauses:{name}") or "0")
-    pause = min(interval * 2**pauses, POLL_PAUSE_MAX)
+    pause = min(interval * 2.0**pauses, POLL_PAUSE_MAX)
     coordinator.set_value(f"poll_pauses:{name}", str(pauses + 1))
     coordinator.set_value(f"poll_paused:{name}", "1", ttl=pause)
     return pause
@@ -269,13 +270,13 @@ def schedule_next(settings: Settings, polled: Sequence[Any], errors: dict[str, s
                 )
 
 
-def drain_status_queue(settings: Settings, provider: Prostor) -> PollStats:
-    """Take status changes off prostor's queue until it is empty (or enough rounds)."""
+def drain_status_queue(settings: Settings, provider: Provider) -> PollStats:
+    """Take status changes off the provider's queue until it is empty (or enough rounds)."""
     started = time.monotonic()
     stats = PollStats(provider.name)
     for _ in range(settings.polling.queue_rounds):
         try:
-            reports = provider.drain_status_queue(Prostor.MAX_QUEUE_DRAIN)
+            reports = provider.drain_status_queue(provider.MAX_QUEUE_DRAIN)
         except ProviderError as exc:
             stats.errors.append(str(exc))
             log.warning("status queue of %s failed: %s", provider.name, exc)
@@ -283,7 +284,7 @@ def drain_status_queue(settings: Settings, provider: Prostor) -> PollStats:
         stats.calls += 1
         stats.polled += len(reports)
         stats.changed += apply_reports(provider.name, reports, "status_queue")
-        if len(reports) < Prostor.MAX_QUEUE_DRAIN:
+        if len(reports) < provider.MAX_QUEUE_DRAIN:
             break
     stats.seconds = time.monotonic() - started
     return stats

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from dispatcher import config
-from dispatcher.providers import make_provider
+from dispatcher.providers import make_provider, registry
 from dispatcher.providers.base import OutgoingSms, Provider
 from dispatcher.simulator.core import Simulator
 
-KINDS = ("mysms", "sms1000", "smska", "smstele", "prostor")
+# Every simulated kind of the registry: tests parametrize over these, never a hand list.
+KINDS = registry.simulated()
 FIXTURES = Path(__file__).parent / "fixtures"
 
 

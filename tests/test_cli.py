@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from dispatcher.simulator.core import Simulator
+from tests.conftest import KINDS
 from tests.host_commands import SIMULATOR, host_argv
 
 
@@ -33,7 +34,7 @@ def test_balance_json(sim: Simulator, tmp_path: Path) -> None:
     result = run("balance", "--json", config=path)
     assert result.returncode == 1, result.stderr  # one provider failed
     rows = {r["provider"]: r for r in json.loads(result.stdout)}
-    assert set(rows) == {"mysms", "sms1000", "smska", "smstele", "prostor"}
+    assert set(rows) == set(KINDS)
     for row in rows.values():
         assert set(row) == {"provider", "kind", "balance", "currency", "error"}
     assert rows["prostor"]["balance"] == 100000.0 and rows["prostor"]["currency"] == "RUB"

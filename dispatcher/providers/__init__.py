@@ -1,8 +1,11 @@
-"""Provider adapters: one module per provider around ``base.Provider``."""
+"""Provider adapters: one module per provider around ``base.Provider``, each kind
+declared once in ``registry``."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from dispatcher.providers import registry
 
 if TYPE_CHECKING:
     from dispatcher.config import ProviderConfig
@@ -10,19 +13,13 @@ if TYPE_CHECKING:
 
 
 def adapter_classes() -> dict[str, type[Provider]]:
-    from dispatcher.providers.mysms import MySms
-    from dispatcher.providers.prostor import Prostor
-    from dispatcher.providers.sms1000 import Sms1000
-    from dispatcher.providers.smska import SmsKa
-    from dispatcher.providers.smstele import SmsTele
-    from dispatcher.providers.stub import StubProvider
-
-    return {cls.KIND: cls for cls in (MySms, Sms1000, SmsKa, SmsTele, Prostor, StubProvider)}
+    """Every registered kind's adapter class."""
+    return {name: registry.get(name).adapter_class() for name in registry.kinds()}
 
 
 def adapter_class(kind: str) -> type[Provider]:
     try:
-        return adapter_classes()[kind]
+        return registry.get(kind).adapter_class()
     except KeyError:
         raise KeyError(f"no adapter for provider kind {kind!r}") from None
 

@@ -192,8 +192,10 @@ class Provider:
     MAX_BATCH: ClassVar[int] = 1  # messages per send call
     MAX_STATUS_BATCH: ClassVar[int] = 1  # ids per status call
     HAS_BALANCE: ClassVar[bool] = True
-    # True when the provider pushes statuses into a queue we drain (option status_queue).
+    # True when the provider pushes statuses into a queue we drain (option status_queue),
+    # up to MAX_QUEUE_DRAIN changes a call.
     HAS_STATUS_QUEUE: ClassVar[bool] = False
+    MAX_QUEUE_DRAIN: ClassVar[int] = 0
     # True when a status call can find a message by the id *we* sent, so a message
     # whose send outcome was lost can be reconciled instead of resent blindly.
     STATUS_BY_CLIENT_ID: ClassVar[bool] = False
@@ -256,6 +258,15 @@ class Provider:
     def status_by_client_id(self, ref: MessageRef) -> list[StatusReport]:
         """Ask for a message by our own id (only where ``STATUS_BY_CLIENT_ID``)."""
         raise NotImplementedError(f"{self.KIND} cannot look a message up by our id")
+
+    @property
+    def status_queue(self) -> str | None:
+        """The status queue this instance drains (only where ``HAS_STATUS_QUEUE``)."""
+        return None
+
+    def drain_status_queue(self, limit: int) -> list[StatusReport]:
+        """Take up to ``limit`` status changes off the queue (only where ``HAS_STATUS_QUEUE``)."""
+        raise NotImplementedError(f"{self.KIND} has no status queue")
 
     def close(self) -> None:
         self.session.close()

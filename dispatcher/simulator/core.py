@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from dispatcher.providers import registry
 from dispatcher.simulator import defaults
 from dispatcher.simulator.base import (
     INVALID_PREFIX,
@@ -36,7 +37,6 @@ from dispatcher.simulator.base import (
     SimResponse,
     SimState,
 )
-from dispatcher.simulator.kinds import SIM_CLASSES
 
 __all__ = [
     "INVALID_PREFIX", "SILENT_SUFFIX", "UNDELIVERED_SUFFIX", "Faults", "SimProvider", "SimRequest",
@@ -173,12 +173,11 @@ class SimServer:
     """One simulated provider listening on loopback, served from a thread."""
 
     def __init__(self, kind: str, host: str = defaults.HOST, port: int = 0) -> None:
-        login = defaults.LOGIN if kind != "sms1000" else "demo@example.com"
         self.kind = kind
-        cls = SIM_CLASSES[kind]
-        self.state = SimState(kind, login, defaults.password_for(kind), cls.QUIRKS)
+        cls = registry.get(kind).simulator_class()
+        self.state = SimState(kind, defaults.login_for(kind), defaults.password_for(kind), cls.QUIRKS)
         self.sim = cls(self.state)
-        _, base_path = defaults.LAYOUT[kind]
+        base_path = registry.get(kind).sim_path
         self.httpd = _Server((host, port), self.sim, base_path)
         address = self.httpd.server_address
         self.host, self.port = str(address[0]), int(address[1])
@@ -204,19 +203,19 @@ class SimServer:
 
 
 class Simulator:
-    """All five simulated providers. Ports: ``base_port + offset`` per kind, or free
+    """Every simulated provider kind (or the ``kinds`` given). Ports: ``base_port + offset`` per kind, or free
     ports chosen by the system with ``base_port=0``."""
 
     def __init__(
         self,
         host: str = defaults.HOST,
         base_port: int = defaults.BASE_PORT,
-        kinds: tuple[str, ...] = defaults.KINDS,
+        kinds: tuple[str, ...] | None = None,
     ) -> None:
         self.servers: dict[str, SimServer] = {}
-        for kind in kinds:
-            offset, _ = defaults.LAYOUT[kind]
-            self.servers[kind] = SimServer(kind, host, base_port + offset if base_port else 0)
+        for kind in defaults.kinds() if kinds is None else kinds:
+            port = base_port + registry.port_offset(kind) if base_port else 0
+            self.servers[kind] = SimServer(kind, host, port)
 
     def start(self) -> Simulator:
         for server in self.servers.values():

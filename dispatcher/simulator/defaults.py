@@ -1,59 +1,58 @@
 """Where the built-in simulator listens and how it is configured by default.
 
 With no configuration file, ``dispatcher.config.load`` uses ``default_settings_table``:
-one instance of each provider kind pointing at the simulator on loopback.
+one instance of each simulated provider kind (``providers.registry``) pointing at the
+simulator on loopback.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from dispatcher.providers import registry
+
 HOST = "127.0.0.1"
 BASE_PORT = 18700
-
-# kind -> (port offset, path of base_url as the document prints it)
-LAYOUT: dict[str, tuple[int, str]] = {
-    "mysms": (1, "/rest/sms/"),
-    "sms1000": (2, "/"),
-    "smska": (3, "/api/httppost.php"),
-    "smstele": (4, "/cgibin/"),
-    "prostor": (5, "/messages/v2/"),
-}
-KINDS = tuple(LAYOUT)
-
 LOGIN = "demo"
+
+
+def kinds() -> tuple[str, ...]:
+    """The kinds the simulator serves: every registered kind that has a simulator."""
+    return registry.simulated()
 
 
 def password_for(kind: str) -> str:
     return f"sim-{kind}-secret"
 
 
+def login_for(kind: str) -> str:
+    return registry.get(kind).sim_login
+
+
 def base_url(kind: str, host: str = HOST, base_port: int = BASE_PORT, port: int | None = None) -> str:
-    offset, path = LAYOUT[kind]
-    return f"http://{host}:{port if port is not None else base_port + offset}{path}"
+    path = registry.get(kind).sim_path
+    return f"http://{host}:{port if port is not None else base_port + registry.port_offset(kind)}{path}"
 
 
 def provider_table(kind: str, url: str, priority: int) -> dict[str, Any]:
-    table: dict[str, Any] = {
+    return {
         "kind": kind,
         "base_url": url,
-        "login": LOGIN if kind != "sms1000" else "demo@example.com",
+        "login": login_for(kind),
         "password": password_for(kind),
         "sender": "SmsDemo",
         "priority": priority,
+        **registry.get(kind).demo_options,
     }
-    if kind == "prostor":
-        table["status_queue"] = "smsdispatch"
-    return table
 
 
 def default_settings_table(urls: dict[str, str] | None = None) -> dict[str, Any]:
     """A configuration document with one instance per kind at the simulator."""
-    urls = urls or {kind: base_url(kind) for kind in KINDS}
+    urls = urls or {kind: base_url(kind) for kind in kinds()}
     return {
         "providers": {
             kind: provider_table(kind, urls[kind], priority=(i + 1) * 10)
-            for i, kind in enumerate(KINDS)
+            for i, kind in enumerate(kinds())
             if kind in urls
         }
     }

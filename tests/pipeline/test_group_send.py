@@ -1,4 +1,4 @@
-"""The group send path with the in-memory stub provider (dispatcher/providers/stub.py)
+"""The group send path with the in-memory stub provider (tests/stub_provider.py)
 and the in-memory coordinator, on a real ledger (SQLite file and PostgreSQL): what a
 group costs the ledger, and that one call's failure spoils no other."""
 
@@ -13,14 +13,16 @@ from sqlalchemy import event
 
 from dispatcher import api, config, db
 from dispatcher.coordination import MemoryCoordinator
+from dispatcher.providers import registry
 from dispatcher.providers.base import OutgoingSms
-from dispatcher.providers.stub import StubProvider
 from dispatcher.sending import SendPipeline
+from tests.stub_provider import StubProvider, register_stub
 from tests.support import PG_URL, reset_postgres
 
 
 @pytest.fixture
 def pipeline(tmp_path: Path, database: str) -> Iterator[SendPipeline]:
+    register_stub()
     url = f"sqlite:///{tmp_path / 'ledger.db'}" if database == "sqlite" else PG_URL
     stub = {"kind": "stub", "base_url": "http://127.0.0.1:9/", "login": "l", "password": "stub-secret",
             "reconcile_after": 0.0}  # fmt: skip
@@ -42,6 +44,7 @@ def pipeline(tmp_path: Path, database: str) -> Iterator[SendPipeline]:
     api.use_publisher(None)
     db.dispose_engines()
     config.set_settings(None)
+    registry.unregister("stub")
 
 
 def stub_of(p: SendPipeline) -> StubProvider:

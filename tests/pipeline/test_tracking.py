@@ -11,11 +11,12 @@ from sqlalchemy import insert
 from dispatcher import api, db, ledger
 from dispatcher.coordination import coordinator_for
 from dispatcher.models import MESSAGES, utcnow
-from dispatcher.providers import make_provider
+from dispatcher.providers import make_provider, registry
 from dispatcher.providers.base import OutgoingSms, StatusReport
 from dispatcher.simulator.core import Simulator
 from dispatcher.status import Status
 from dispatcher.tracking import apply_reports, poll_due, read_balances
+from tests.conftest import KINDS
 from tests.support import REDIS_URL, SETTLED, Stack
 
 FINAL = {"delivered", "undelivered", "rejected", "expired", "failed"}
@@ -24,7 +25,7 @@ FINAL = {"delivered", "undelivered", "rejected", "expired", "failed"}
 def test_every_kind_ends_final_with_events(any_stack: Stack, sim: Simulator) -> None:
     any_stack.configure()
     any_stack.start_worker(beat=True)
-    kinds = ["mysms", "sms1000", "smska", "smstele", "prostor"]
+    kinds = KINDS
     good = {k: api.send_sms("79161234567", f"ok {k}", provider=k) for k in kinds}
     bad = {k: api.send_sms("79160000000", f"never {k}", provider=k) for k in kinds}
     statuses = any_stack.wait_until([*good.values(), *bad.values()], FINAL, timeout=40)
@@ -36,7 +37,8 @@ def test_every_kind_ends_final_with_events(any_stack: Stack, sim: Simulator) -> 
         assert message is not None
         last = message["events"][-1]
         assert last["new_status"] == "delivered" and last["raw"]  # the provider's own value kept
-        assert last["source"] == ("status_queue" if kind == "prostor" else "poll"), kind
+        queued = registry.get(kind).capabilities.status_queue
+        assert last["source"] == ("status_queue" if queued else "poll"), kind
     # prostor reported through its status queue: no message was polled by id
     assert sim["prostor"].state.stats()["requests"].get("status.json", 0) == 0
     assert sim["prostor"].state.stats()["requests"].get("statusQueue.json", 0) > 0

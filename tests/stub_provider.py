@@ -1,8 +1,10 @@
-"""An in-memory provider for pure unit tests: no HTTP, scripted outcomes.
+"""An in-memory provider for tests of the send path: no HTTP, scripted outcomes.
 
 Everything that talks to a provider over the wire is tested against the simulator;
 this stub is for logic above the adapters (routing, decisions) where a real server
-adds nothing. Configure it as ``kind = "stub"``.
+adds nothing. It is a kind like any other, registered by the tests that use it
+(``register_stub``) and configured as ``kind = "stub"``; having no simulator, it is
+in no demo and no simulator-wide test.
 """
 
 from __future__ import annotations
@@ -22,10 +24,17 @@ from dispatcher.providers.base import (
     SendOutcome,
     StatusReport,
 )
+from dispatcher.providers.registry import Kind, register
 from dispatcher.status import Status
 
 # A script step: given the message, return None to accept it or an error code.
 Script = Callable[[OutgoingSms], str | None]
+
+STUB = Kind("stub", "tests.stub_provider:StubProvider", None)
+
+
+def register_stub() -> None:
+    register(STUB)
 
 
 class StubProvider(Provider):
