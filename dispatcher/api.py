@@ -189,6 +189,9 @@ def get_message(message_id: str) -> dict[str, Any] | None:
     data.pop("payload_hash", None)
     data["attempts"] = [a.model_dump() for a in attempts]
     data["attempt_count"] = msg.attempts
+    # What the providers reported charging for it, over every attempt they took.
+    costs = [a.cost for a in attempts if a.cost is not None]
+    data["cost"] = round(sum(costs), 6) if costs else None
     data["events"] = [e.model_dump() for e in events]
     return data
 

@@ -122,12 +122,16 @@ def run_providers(args: argparse.Namespace) -> int:
 
     def table() -> str:
         return render_table(
-            ["provider", "kind", "prio", "on", "breaker", "rate/s", "balance", "last error"],
+            ["provider", "kind", "prio", "on", "breaker", "rate/s", "balance", "24h sent", "parts", "cost",
+             "attention / last error"],
             [[r["provider"], r["kind"], r["priority"], "yes" if r["enabled"] else "no",
               r["breaker"] + (f" ({r['breaker_retry_in']:.0f}s)" if r["breaker"] == "open" else ""),
               r["rate_limit"] or "-",
-              "" if r["balance"] is None else f"{r['balance']:.2f} {r['currency'] or ''}".strip(),
-              (r["last_error"] or "")[:80]] for r in rows],
+              "" if r["balance"] is None else f"{r['balance']:.2f} {r['currency'] or ''}".strip()
+              + (f" +{r['credit']:.2f} credit" if r["credit"] else ""),
+              r["sent_24h"], r["parts_24h"], "" if r["cost_24h"] is None else f"{r['cost_24h']:.2f}",
+              ("ATTENTION " + r["attention"] if r["attention"] else r["last_error"] or "")[:100]]
+             for r in rows],
         )  # fmt: skip
 
     emit(args, rows, table)
@@ -335,12 +339,16 @@ def run_status(args: argparse.Namespace) -> int:
             lines += [
                 "",
                 render_table(
-                    ["started", "provider", "outcome", "http", "code", "ms"],
+                    ["started", "provider", "outcome", "http", "code", "ms", "parts", "cost"],
                     [[a["started_at"], a["provider"], a["outcome"], a["http_status"], a["provider_code"],
-                      f"{a['duration_ms']:.0f}" if a["duration_ms"] is not None else ""]
+                      f"{a['duration_ms']:.0f}" if a["duration_ms"] is not None else "",
+                      a.get("parts") if a.get("parts") is not None else "",
+                      f"{a['cost']:.2f}" if a.get("cost") is not None else ""]
                      for a in data["attempts"]],
                 ),
             ]  # fmt: skip
+            if data.get("cost") is not None:
+                lines.append(f"cost reported by the provider: {data['cost']:.2f}")
         return "\n".join(lines)
 
     emit(args, data, human)
@@ -537,9 +545,9 @@ def run_demo(args: argparse.Namespace) -> int:
         head.append("statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(result.statuses.items()) if v))
         body = render_table(
             ["provider", "accepted", "delivered", "undeliv.", "rejected", "failed", "unknown", "retries",
-             "failovers", "p50 acc", "p95 acc", "p50 deliv", "p95 deliv"],
+             "failovers", "parts", "cost", "p50 acc", "p95 acc", "p50 deliv", "p95 deliv"],
             [[r["provider"], r["accepted"], r["delivered"], r["undelivered"], r["rejected"], r["failed"],
-              r["unknown"], r["retries"], r["failovers"],
+              r["unknown"], r["retries"], r["failovers"], r["parts"], f"{r['cost']:.2f}",
               *(secs(r[k]) for k in LATENCY_KEYS)]
              for r in result.providers],
         )  # fmt: skip

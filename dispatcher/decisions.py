@@ -70,6 +70,9 @@ class Decision:
     # ACCEPT: the provider's id and our reading of its status; GIVE_UP: failed or expired.
     status: Status | None = None
     provider_message_id: str | None = None
+    # ACCEPT: what the provider reported it counted and charged (None: it did not say).
+    parts: int | None = None
+    cost: float | None = None
     # RETRY / WAIT / EXHAUSTED: seconds until the message is due again.
     delay: float = 0.0
     # Message counters after this step (the orchestrator keeps them per message).

@@ -161,13 +161,15 @@ def provider_report(ids: list[str], kinds: list[str]) -> list[dict[str, Any]]:
                 s.execute(select(MESSAGES.c.id, MESSAGES.c.provider).where(MESSAGES.c.id.in_(chunk))).all()
             )
             left: set[tuple[str, str]] = set()
-            for mid, name, outcome in s.execute(
-                select(ATTEMPTS.c.message_id, ATTEMPTS.c.provider, ATTEMPTS.c.outcome).where(
-                    ATTEMPTS.c.message_id.in_(chunk)
-                )
-            ).all():
+            for mid, name, outcome, parts, cost in s.execute(
+                select(ATTEMPTS.c.message_id, ATTEMPTS.c.provider, ATTEMPTS.c.outcome, ATTEMPTS.c.parts,
+                       ATTEMPTS.c.cost).where(ATTEMPTS.c.message_id.in_(chunk))
+            ).all():  # fmt: skip
                 if name not in per:
                     continue
+                # What each provider reported it counted and charged.
+                per[name]["parts"] += parts or 0
+                per[name]["cost"] += cost or 0.0
                 if outcome == "retry":
                     per[name]["retries"] += 1
                 if outcome != "accepted" and final_provider.get(mid) != name:
@@ -181,7 +183,8 @@ def provider_report(ids: list[str], kinds: list[str]) -> list[dict[str, Any]]:
             {
                 "provider": name,
                 **{k: stats.get(k, 0) for k in ("accepted", "delivered", "undelivered", "rejected", "failed",
-                                                "unknown", "retries", "failovers")},
+                                                "unknown", "retries", "failovers", "parts")},
+                "cost": round(stats.get("cost", 0.0), 2),
                 "p50_accepted_s": _pct(to_accepted[name], 50), "p95_accepted_s": _pct(to_accepted[name], 95),
                 "p50_delivered_s": _pct(to_delivered[name], 50),
                 "p95_delivered_s": _pct(to_delivered[name], 95),

@@ -503,7 +503,8 @@ def _finish_attempts(session: Session, decisions: Sequence[Decision], now: datet
         {"id": d.attempt_id, "outcome": d.attempt_outcome, "finished_at": now,
          "duration_ms": (now - d.attempt_started).total_seconds() * 1000.0 if d.attempt_started else None,
          "http_status": d.http_status, "provider_code": d.code,
-         "raw": redact(d.raw) if d.raw else d.raw, "error": redact(d.error) if d.error else d.error}
+         "raw": redact(d.raw) if d.raw else d.raw, "error": redact(d.error) if d.error else d.error,
+         "parts": d.parts, "cost": d.cost}
         for d in decisions
     ]  # fmt: skip
     # A settle (asked by our id, or the guarantee) keeps the wire context of the call.
@@ -513,5 +514,5 @@ def _finish_attempts(session: Session, decisions: Sequence[Decision], now: datet
         "id",
         rows,
         {},
-        keep_if_null=frozenset({"http_status", "provider_code", "raw", "error"}),
+        keep_if_null=frozenset({"http_status", "provider_code", "raw", "error", "parts", "cost"}),
     )

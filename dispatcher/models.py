@@ -65,6 +65,8 @@ class Message(MessageBase, table=True):
 
 class Attempt(SQLModel, table=True):
     __tablename__ = "attempts"
+    # what each provider was paid and sent, by day (`smsdispatch providers`)
+    __table_args__ = (Index("ix_attempts_provider_finished", "provider", "finished_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
     message_id: str = Field(foreign_key="messages.id", index=True, max_length=32)
@@ -79,6 +81,10 @@ class Attempt(SQLModel, table=True):
     provider_code: str | None = Field(default=None, max_length=100)
     raw: str | None = Field(default=None, sa_column=Column(Text))  # the reply, redacted
     error: str | None = Field(default=None, sa_column=Column(Text))
+    # What the provider reported for an accepted message: SMS parts it counted and what
+    # it charged (in its own unit: roubles, or credits). None: it did not say.
+    parts: int | None = None
+    cost: float | None = None
 
 
 class StatusEvent(SQLModel, table=True):
@@ -106,6 +112,7 @@ class BalanceReading(SQLModel, table=True):
     provider: str = Field(max_length=40)
     at: datetime = Field(default_factory=utcnow)
     amount: float | None = None
+    credit: float | None = None  # credit beyond the balance (prostor-sms.ru)
     currency: str | None = Field(default=None, max_length=16)
     error: str | None = Field(default=None, sa_column=Column(Text))
 

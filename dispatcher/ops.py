@@ -5,6 +5,7 @@ checks of `smsdispatch doctor`. Both interfaces import this; neither imports the
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dispatcher import config as config_mod
@@ -14,18 +15,21 @@ from dispatcher.redact import redact
 def provider_rows(settings: config_mod.Settings) -> list[dict[str, Any]]:
     """What operators want per provider instance: routing order, breaker, rate limit,
     the last known balance and the last error."""
-    from sqlalchemy import select
+    from sqlalchemy import func, select
 
     from dispatcher.coordination import coordinator_for
     from dispatcher.db import session_scope
     from dispatcher.models import ATTEMPTS, BALANCES
 
     coordinator = coordinator_for(settings.broker_url)
+    day_ago = datetime.now(UTC) - timedelta(days=1)
     rows = []
     with session_scope() as s:
         for pc in settings.providers:
             reading = s.execute(
-                select(BALANCES.c.amount, BALANCES.c.currency, BALANCES.c.at, BALANCES.c.error)
+                select(
+                    BALANCES.c.amount, BALANCES.c.credit, BALANCES.c.currency, BALANCES.c.at, BALANCES.c.error
+                )
                 .where(BALANCES.c.provider == pc.name)
                 .order_by(BALANCES.c.at.desc())
                 .limit(1)
@@ -39,6 +43,13 @@ def provider_rows(settings: config_mod.Settings) -> list[dict[str, Any]]:
                 .order_by(ATTEMPTS.c.id.desc())
                 .limit(1)
             ).first()
+            spent = s.execute(
+                select(func.count(), func.sum(ATTEMPTS.c.parts), func.sum(ATTEMPTS.c.cost)).where(
+                    ATTEMPTS.c.provider == pc.name,
+                    ATTEMPTS.c.finished_at >= day_ago,
+                    ATTEMPTS.c.outcome.in_(["accepted", "reconciled"]),
+                )
+            ).one()
             breaker = coordinator.breaker_state(pc.name)
             rows.append(
                 {
@@ -46,11 +57,17 @@ def provider_rows(settings: config_mod.Settings) -> list[dict[str, Any]]:
                     "breaker": breaker.state, "breaker_retry_in": round(breaker.retry_in, 1),
                     "breaker_opens": breaker.opens, "rate_limit": pc.rate_limit or None,
                     "balance": reading.amount if reading else None,
+                    "credit": reading.credit if reading else None,
                     "currency": reading.currency if reading else None,
                     "balance_at": reading.at.isoformat() if reading else None,
                     "balance_threshold": pc.balance_threshold,
                     "last_error": (failed.error if failed else None) or (reading.error if reading else None),
                     "last_error_at": failed.finished_at.isoformat() if failed and failed[1] else None,
+                    # A refusal of our request or account in the last day (the send path's note).
+                    "attention": coordinator.get_value(f"attention:{pc.name}") or None,
+                    # Taken in the last 24 h, as the provider reported it.
+                    "sent_24h": int(spent[0]), "parts_24h": int(spent[1] or 0),
+                    "cost_24h": round(float(spent[2]), 4) if spent[2] is not None else None,
                 }
             )  # fmt: skip
     return rows

@@ -298,6 +298,7 @@ def read_balances(settings: Settings, coordinator: Coordinator) -> list[dict[str
         row: dict[str, Any] = {
             "provider": pc.name,
             "amount": None,
+            "credit": None,
             "currency": None,
             "error": None,
             "low": False,
@@ -306,18 +307,17 @@ def read_balances(settings: Settings, coordinator: Coordinator) -> list[dict[str
             if not provider.HAS_BALANCE:
                 continue
             balance = provider.balance()
-            row["amount"], row["currency"] = balance.amount, balance.currency
-            coordinator.set_value(f"balance:{pc.name}", repr(balance.amount))
+            row["amount"], row["credit"], row["currency"] = balance.amount, balance.credit, balance.currency
+            # Routing compares its threshold with what can be spent: balance plus credit.
+            spendable = balance.spendable
+            coordinator.set_value(f"balance:{pc.name}", repr(spendable))
             coordinator.set_value(f"balance_error:{pc.name}", "")
-            if (
-                pc.balance_threshold is not None
-                and balance.amount is not None
-                and balance.amount < pc.balance_threshold
-            ):
+            threshold = pc.balance_threshold
+            if threshold is not None and spendable is not None and spendable < threshold:
                 row["low"] = True
                 log.error(
-                    "balance of %s is %.2f, under its threshold %.2f: routing skips it until topped up",
-                    pc.name, balance.amount, pc.balance_threshold,
+                    "%s can spend %.2f (balance and credit), under its threshold %.2f: routing skips it "
+                    "until topped up", pc.name, spendable, threshold,
                 )  # fmt: skip
         except ProviderError as exc:
             row["error"] = str(exc)
@@ -330,7 +330,7 @@ def read_balances(settings: Settings, coordinator: Coordinator) -> list[dict[str
         with session_scope() as s:
             s.execute(
                 insert(BALANCES),
-                [{"provider": r["provider"], "at": now, "amount": r["amount"], "currency": r["currency"],
-                  "error": r["error"]} for r in rows],
+                [{"provider": r["provider"], "at": now, "amount": r["amount"], "credit": r["credit"],
+                  "currency": r["currency"], "error": r["error"]} for r in rows],
             )  # fmt: skip
     return rows

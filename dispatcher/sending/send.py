@@ -36,12 +36,14 @@ from dispatcher.errors import ProviderError, RetryableError
 from dispatcher.ledger import Claimed
 from dispatcher.models import Attempt, utcnow
 from dispatcher.providers import make_provider
-from dispatcher.providers.base import MessageRef, OutgoingSms, Provider, SendOutcome
+from dispatcher.providers.base import NEEDS_OPERATOR, MessageRef, OutgoingSms, Provider, SendOutcome
 from dispatcher.sending.policy import Health, Verdict, classify, decide, lost_outcome
 from dispatcher.sending.router import Router
 from dispatcher.status import Status
 
 log = logging.getLogger("smsdispatch.pipeline")
+
+ATTENTION_TTL = 86400.0  # seconds a request/account refusal stays on the provider's row
 
 Publish = Callable[[str, str, float], None]  # (message id, priority, countdown seconds)
 
@@ -344,7 +346,13 @@ class SendPipeline:
                 return [self._after_call(c, Outcome.PROBE_FAILED, None, exc) for c in unit]
         sender = provider.config.sender
         sms = [
-            OutgoingSms(id=c.msg.id, to=c.msg.to, text=c.msg.text, sender=c.msg.sender or sender)
+            OutgoingSms(
+                id=c.msg.id,
+                to=c.msg.to,
+                text=c.msg.text,
+                sender=c.msg.sender or sender,
+                expires_at=c.msg.expires_at,
+            )
             for c in unit
         ]
         sent_at = utcnow()
@@ -354,6 +362,7 @@ class SendPipeline:
             outcomes = {o.id: o for o in provider.send(sms)}
         except ProviderError as exc:
             # The whole call failed: each message decides alone, as if sent alone.
+            self._flag_for_operator(provider, [exc])
             return [self._after_call(c, self._classify(provider, exc), None, exc) for c in unit]
         except Exception as exc:
             # Not a provider's answer but our own failure (a bug reading an odd reply):
@@ -363,6 +372,7 @@ class SendPipeline:
             lost = RetryableError(f"unexpected {type(exc).__name__}: {exc}", provider=provider.name,
                                   kind=provider.KIND, ambiguous=True)  # fmt: skip
             return [self._after_call(c, self._classify(provider, lost), None, lost) for c in unit]
+        self._flag_for_operator(provider, [o.error for o in outcomes.values() if o.error is not None])
         decisions = []
         for c in unit:
             found = outcomes.get(c.msg.id)
@@ -375,6 +385,20 @@ class SendPipeline:
                                      kind=provider.KIND, ambiguous=True)  # fmt: skip
             decisions.append(self._after_call(c, self._classify(provider, err), found, err))
         return decisions
+
+    def _flag_for_operator(self, provider: Provider, errors: Sequence[ProviderError]) -> None:
+        """A refusal that says our request or our account is wrong fails the message
+        over, and nobody would notice: log it as an error and show it on the
+        provider's row (`smsdispatch providers`) for a day. Once per call."""
+        err = next((e for e in errors if e.about in NEEDS_OPERATOR), None)
+        if err is None:
+            return
+        log.error("%s refused our %s, an operator must look: %s", provider.name, err.about, err)
+        try:
+            note = f"{utcnow().isoformat(timespec='seconds')} {err.about}: {err}"
+            self.coordinator.set_value(f"attention:{provider.name}", note[:1000], ttl=ATTENTION_TTL)
+        except Exception:  # the log line stands; a coordinator outage must not fail a send
+            log.warning("could not record the operator note for %s", provider.name, exc_info=True)
 
     def _classify(self, provider: Provider, err: ProviderError) -> Outcome:
         return classify(
@@ -394,6 +418,7 @@ class SendPipeline:
         d.extra["health"] = verdict.rule.health
         if sent is not None and err is None:
             d.provider_message_id, d.status, d.raw = sent.provider_message_id, sent.status, sent.raw_status
+            d.parts, d.cost = sent.segments, sent.cost
         if err is not None:
             d.http_status, d.code, d.raw, d.error = err.http_status, err.code, err.raw, str(err)
             log.info("%s via %s: %s (%s): %s", c.msg.id, c.provider.name, d.action, d.reason, err)
