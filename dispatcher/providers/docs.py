@@ -1,4 +1,4 @@
-"""Render docs/providers.md from the adapters' own tables.
+"""Render docs/providers.md from the registry and the adapters' own tables.
 
     python -m dispatcher.providers.docs > docs/providers.md
 
@@ -8,7 +8,7 @@ A test renders it again and compares, so the document cannot drift from the code
 from __future__ import annotations
 
 from dispatcher.errors import Action
-from dispatcher.providers import adapter_classes
+from dispatcher.providers import registry
 from dispatcher.status import Status
 
 _ACTION_TEXT = {
@@ -16,35 +16,54 @@ _ACTION_TEXT = {
     Action.FAILOVER: "fail over (next provider)",
     Action.REJECT: "reject (message is bad)",
 }
+_ABOUT_TEXT = {
+    "message": "the message",
+    "request": "our request (operator)",
+    "account": "our account (operator)",
+    "provider": "the provider",
+}
 
 
-def render() -> str:
+def _yes(flag: bool, no: str = "no") -> str:
+    return "yes" if flag else no
+
+
+def render(kinds: tuple[str, ...] | None = None) -> str:
+    """The document for ``kinds`` (default: every simulated kind of the registry)."""
     lines = [
         "# Providers",
         "",
-        "Generated from the adapters' tables by `python -m dispatcher.providers.docs`; do not edit by hand.",
-        "The `doc` column points at the line of the provider's document in `shared/providers/`.",
+        "Generated from the registry and the adapters' tables by `python -m dispatcher.providers.docs`;",
+        "do not edit by hand. The `doc` column points at the line of the provider's document in",
+        "`shared/providers/`.",
         "",
-        "Every documented error code is read as exactly one action. Transport failures are the",
-        "base class's: connect errors, timeouts, HTTP 5xx and 429 retry; HTTP 401/403 and other 4xx",
-        "fail over. A code no document lists fails over (we cannot know that retrying would help).",
+        "Every documented error code is read as exactly one action, by whose fault it is: a fault of",
+        "*the message* (invalid or blacklisted number, forbidden text) rejects it; a fault of *our",
+        "request* or *our account* fails over to the next provider, logs an error and marks the",
+        "provider for an operator (`smsdispatch providers`, column attention) for a day; *the",
+        "provider's* own trouble is retried or failed over. Transport failures are the base class's:",
+        "connect errors, timeouts, HTTP 5xx and 429 retry; HTTP 401/403 and other 4xx fail over. A",
+        "code no document lists fails over (we cannot know that retrying would help).",
         "",
-        "| kind | provider | batch per send | ids per status call | balance call | lookup by our id |",
-        "|---|---|---|---|---|---|",
+        "| kind | provider | batch per send | ids per status call | balance call | status queue "
+        "| lookup by our id | validity (our TTL) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    classes = [cls for kind, cls in adapter_classes().items() if kind != "stub"]
+    classes = [registry.get(k).adapter_class() for k in (registry.simulated() if kinds is None else kinds)]
     for cls in classes:
-        balance = "yes" if cls.HAS_BALANCE else "none documented"
-        lookup = "yes" if cls.STATUS_BY_CLIENT_ID else "no"
         lines.append(
             f"| `{cls.KIND}` | {cls.TITLE} | {cls.MAX_BATCH} | {cls.MAX_STATUS_BATCH} "
-            f"| {balance} | {lookup} |"
+            f"| {_yes(cls.HAS_BALANCE, 'none documented')} | {_yes(cls.HAS_STATUS_QUEUE)} "
+            f"| {_yes(cls.STATUS_BY_CLIENT_ID)} | {_yes(cls.VALIDITY, 'none documented')} |"
         )
     for cls in classes:
         lines += ["", f"## {cls.TITLE} (`{cls.KIND}`, {cls.DOC})", "", "### Error codes", ""]
-        lines += ["| code | meaning | action | doc |", "|---|---|---|---|"]
+        lines += ["| code | meaning | whose fault | action | doc |", "|---|---|---|---|---|"]
         for code, rule in cls.ERRORS.items():
-            lines.append(f"| `{code}` | {rule.meaning} | {_ACTION_TEXT[rule.action]} | {rule.doc} |")
+            lines.append(
+                f"| `{code}` | {rule.meaning} | {_ABOUT_TEXT[rule.about]} | {_ACTION_TEXT[rule.action]} "
+                f"| {rule.doc} |"
+            )
         lines += ["", "### Delivery statuses", "", "| provider value | our status |", "|---|---|"]
         for raw, status in cls.STATUS_MAP.items():
             lines.append(f"| `{raw}` | `{status.value}` |")
