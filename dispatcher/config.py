@@ -226,6 +226,10 @@ def _provider(name: str, table: Any) -> ProviderConfig:
     sender = _take(table, "sender", where, str, None)
     if sender is not None:
         check_sender(sender, f"{where}sender")
+    problem = adapter.sender_problem(sender)
+    if problem:
+        # Every message would fail over from this instance: say so now, not per message.
+        raise ConfigError(f"{where}sender", f"{adapter.TITLE}: {problem}")
     guarantee = _take(table, "delivery_guarantee", where, str, "at-most-once")
     if guarantee not in GUARANTEES:
         raise ConfigError(f"{where}delivery_guarantee", f"one of {', '.join(GUARANTEES)}")

@@ -259,6 +259,13 @@ class Provider:
         """Ask for a message by our own id (only where ``STATUS_BY_CLIENT_ID``)."""
         raise NotImplementedError(f"{self.KIND} cannot look a message up by our id")
 
+    @classmethod
+    def sender_problem(cls, sender: str | None) -> str | None:
+        """Why this provider's document would refuse ``sender`` (None: the configured
+        or default sender), or None when it is fine. Checked on the configured sender at
+        start-up; an adapter also checks a message's own sender before sending it."""
+        return None
+
     @property
     def status_queue(self) -> str | None:
         """The status queue this instance drains (only where ``HAS_STATUS_QUEUE``)."""
