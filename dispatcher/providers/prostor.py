@@ -5,20 +5,29 @@ up to 200 messages (prostor.md:17,96); ``statusQueue.json`` drains up to 1000 qu
 status changes of a named queue (prostor.md:158-179). Each message carries our id
 as ``clientId`` (required, A-Z 0-9, at most 72: prostor.md:58).
 
-Per-message status words: the document shows only ``accepted``, ``sender address
-invalid``, ``delivered`` and ``smsc reject`` and refers to its REST interface for the
-rest (prostor.md:91); the other words below are that interface's vocabulary. Any
-word we do not know maps to ``unknown`` with the raw word kept.
+Replies are read item by item: a send or status reply item is matched to our
+message by ``clientId`` (or, for a status, ``smscId``), so one item the server left
+its id off puts only that message in doubt, never the rest of the batch.
+
+Status words: the document shows only ``accepted``, ``sender address invalid``,
+``delivered`` and ``smsc reject`` and refers to its REST interface for the rest
+(prostor.md:91,156). The other words below are that interface's vocabulary as the
+public clients spell it: Kholenkov/php-prostor-sms-sdk src/ValueObject/MessageStatus.php,
+IuriiAksenov/ProstorSmsSdk src/ProstorSmsSdk/Enums/MessageSendStatusType.cs and
+MessageDeliveredStatusType.cs, Enzogord/SmsBlissApi SmsBlissAPI/Model/MessageStatus.cs
+(smsbliss.net runs the same API). Any word we do not know maps to ``unknown`` with
+the raw word kept.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Hashable, Sequence
 from datetime import UTC
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from dispatcher.errors import Action
+from dispatcher.errors import Action, ProviderError
 from dispatcher.providers.base import (
     Balance,
     ErrorRule,
@@ -30,14 +39,25 @@ from dispatcher.providers.base import (
     StatusReport,
     WireReply,
     WireRequest,
+    chunked,
     int_range,
     parse_amount,
     read_json,
 )
 from dispatcher.status import Status
 
+if TYPE_CHECKING:
+    import requests
+
+    from dispatcher.config import ProviderConfig
+
 R, F, J = Action.RETRY, Action.FAILOVER, Action.REJECT
+TOO_MANY = "too many messages"
+# Where a code is not on its line: the status words of the REST interface the
+# document refers to (prostor.md:91), or a description of a top-level status "error"
+# (prostor.md:88) that no public client shows, ours.
 _REST = "prostor.md:91 (REST vocabulary)"
+_OURS = "prostor.md:88 (our word)"
 
 
 def _queue_name(value: Any) -> str | None:
@@ -48,6 +68,19 @@ def _queue_name(value: Any) -> str | None:
 def client_id(our_id: str) -> str:
     """Our message id as a prostor clientId: A-Z 0-9, at most 72 (prostor.md:58)."""
     return re.sub(r"[^A-Z0-9]", "", our_id.upper())[:72]
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return str(value).strip() or None
+
+
+def _count(value: Any) -> int | None:
+    try:
+        return int(float(str(value)))
+    except (ValueError, OverflowError):
+        return None
 
 
 class Prostor(Provider):
@@ -62,6 +95,10 @@ class Prostor(Provider):
     MAX_BATCH = 200
     MAX_STATUS_BATCH = 200
     MAX_QUEUE_DRAIN = 1000
+    # send.json takes no lifetime: its parameters (prostor.md:52-62) are login,
+    # password, scheduleTime, statusQueueName, showBillingDetails and per message
+    # clientId, phone, text, sender, and no public client sends anything more.
+    VALIDITY = False
 
     STATUS_MAP: ClassVar[dict[str, Status]] = {
         "accepted": Status.ACCEPTED,
@@ -73,22 +110,45 @@ class Prostor(Provider):
         "expired": Status.EXPIRED,
         "incorrect id": Status.UNKNOWN,
     }
-    # Per-message refusals of send.json and request-level `description`s of
-    # status "error".
+    # Per-message refusals of send.json (status in messages, prostor.md:91) and
+    # request-level `description`s of a top-level status "error" (prostor.md:88).
+    # Only "sender address invalid" is in the document; the per-message words are
+    # the REST vocabulary of the clients named above, the request-level ones ours.
     ERRORS: ClassVar[dict[str, ErrorRule]] = {
-        "sender address invalid": ErrorRule(F, "sender address invalid", "prostor.md:77"),
+        # The sender name is registered per account (prostor.md:251-307).
+        "sender address invalid": ErrorRule(F, "sender address invalid", "prostor.md:77", "account"),
         "invalid mobile phone": ErrorRule(J, "invalid mobile phone", _REST, "message"),
         "text is empty": ErrorRule(J, "text is empty", _REST, "message"),
-        "wapurl invalid": ErrorRule(J, "wap-push url invalid", _REST, "message"),
-        "invalid schedule time format": ErrorRule(J, "invalid schedule time format", _REST, "message"),
-        "invalid status queue name": ErrorRule(F, "invalid status queue name", _REST),
-        "not enough balance": ErrorRule(F, "not enough balance", _REST),
-        "error authorization": ErrorRule(F, "authorization failed", _REST),
-        "account blocked": ErrorRule(F, "account blocked", _REST),
-        "too many messages": ErrorRule(J, "more than 200 messages in one request", "prostor.md:17", "message"),
-        "internal error": ErrorRule(R, "internal error", _REST),
-        "service unavailable": ErrorRule(R, "service temporarily unavailable", _REST),
+        # We send no wap-push url: the server misread something we built.
+        "wapurl invalid": ErrorRule(F, "wap-push url invalid", _REST, "request"),
+        # We build scheduleTime (prostor.md:55), the message is not at fault.
+        "invalid schedule time format": ErrorRule(F, "invalid schedule time format", _REST, "request"),
+        # The queue name is our configuration (prostor.md:56).
+        "invalid status queue name": ErrorRule(F, "invalid status queue name", _REST, "request"),
+        "not enough balance": ErrorRule(F, "not enough balance", _REST, "account"),
+        # The plain-text REST interface's word for it in public PHP and C# clients;
+        # the JSON clients say "not enough balance".
+        "not enough credits": ErrorRule(F, "not enough credits", _REST, "account"),
+        # "При успешной авторизации" (prostor.md:64); the word is the REST interface's
+        # (common-repository/prostorsms-integration-gateway extensions/prostorsms_gateway.php).
+        "error authorization": ErrorRule(
+            F, "authorization failed", "prostor.md:64 (REST vocabulary)", "account"
+        ),
+        "account blocked": ErrorRule(F, "account blocked", _OURS, "account"),
+        # Over the per-request limit (prostor.md:17): our request's fault, and the whole
+        # request is refused, so send() halves the batch and sends it again.
+        TOO_MANY: ErrorRule(
+            F, "more messages in one request than the server takes", "prostor.md:17 (our word)", "request"
+        ),
+        "internal error": ErrorRule(R, "internal error", _OURS),
+        "service unavailable": ErrorRule(R, "service temporarily unavailable", _OURS),
     }
+
+    def __init__(self, config: ProviderConfig, session: requests.Session | None = None) -> None:
+        super().__init__(config, session)
+        # The most messages a request may carry, lowered when the server refuses a
+        # batch as too many: later batches go at the size that was last let through.
+        self._fits = self.MAX_BATCH
 
     def group_key(self, msg: OutgoingSms) -> Hashable:
         # scheduleTime belongs to the request, not to a message (prostor.md:25).
@@ -101,6 +161,43 @@ class Prostor(Provider):
 
     def _body(self, **fields: Any) -> dict[str, Any]:
         return {"login": self.config.login, "password": self.config.password, **fields}
+
+    # -- send -------------------------------------------------------------------------
+
+    def send(self, messages: Sequence[OutgoingSms]) -> list[SendOutcome]:
+        """Send in batches; a batch refused as too many is halved and sent again.
+
+        A refused request sent nothing (status "error" is the whole packet's,
+        prostor.md:88), so resending its halves cannot duplicate a message. Once a
+        call of this send was answered, a later failed call becomes per-message
+        outcomes instead of an exception, so the answered messages are not lost.
+        """
+        groups: dict[Hashable, list[OutgoingSms]] = {}
+        for msg in messages:
+            groups.setdefault(self.group_key(msg), []).append(msg)
+        pending = [list(b) for g in groups.values() for b in chunked(g, min(self.batch_size, self._fits))]
+        outcomes: list[SendOutcome] = []
+        answered = False
+        while pending:
+            batch = pending.pop(0)
+            if len(batch) > self._fits:
+                pending[:0] = [list(b) for b in chunked(batch, self._fits)]
+                continue
+            try:
+                reply = self.call(self.build_send(batch), sending=True)
+                outcomes.extend(self.parse_send(reply, batch))
+                answered = True
+            except ProviderError as exc:
+                if exc.code == TOO_MANY and len(batch) > 1:
+                    self._fits = min(self._fits, (len(batch) + 1) // 2)
+                    pending[:0] = [batch[: self._fits], batch[self._fits :]]
+                    continue
+                if not answered:
+                    raise
+                outcomes.extend(
+                    SendOutcome(m.id, None, Status.UNKNOWN, exc.code or "", error=exc) for m in batch
+                )
+        return outcomes
 
     def build_send(self, batch: Sequence[OutgoingSms]) -> WireRequest:
         messages = []
@@ -123,6 +220,68 @@ class Prostor(Provider):
             body["statusQueueName"] = self.status_queue
         return WireRequest("POST", "send.json", json=body)
 
+    def parse_send(self, reply: WireReply, batch: Sequence[OutgoingSms]) -> list[SendOutcome]:
+        """One outcome per message the reply names by its clientId. A message the
+        reply does not name is left out: it may or may not have gone out, and the
+        pipeline reads it so. Items naming none of our messages are ignored."""
+        doc = self._doc(reply)
+        items = doc.get("messages")
+        if not isinstance(items, list):
+            self.malformed(reply, "no messages list")
+        results: dict[str, dict[str, Any]] = {}
+        for item in items:
+            # Matched as we send it, should the server echo it in another case.
+            cid = client_id(str(item.get("clientId") or "")) if isinstance(item, dict) else ""
+            if cid:
+                results.setdefault(cid, item)
+        outcomes = []
+        for msg in batch:
+            item = results.get(client_id(msg.id))
+            if item is None:
+                continue
+            word = str(item.get("status", "")).strip().lower()
+            smsc_id = _text(item.get("smscId"))
+            if word not in ("accepted", "queued"):
+                outcomes.append(
+                    SendOutcome(msg.id, smsc_id, Status.UNKNOWN, word, error=self.error(word, reply))
+                )
+                continue
+            # smsCount and msgCost (prostor.md:92-93) are per message in IuriiAksenov/
+            # ProstorSmsSdk's SendMessageResponse.cs and in the reply quoted by
+            # vheathen/ex_messenger test/support/tesla_mock_json.ex; Kholenkov/
+            # php-prostor-sms-sdk's SendResponse.php reads them at the top level, which
+            # can only be one message's when the batch is one message.
+            billing = item if "smsCount" in item or "msgCost" in item or len(batch) > 1 else doc
+            outcomes.append(
+                SendOutcome(
+                    msg.id,
+                    smsc_id,
+                    self.map_status(word),
+                    word,
+                    segments=_count(billing.get("smsCount")),
+                    cost=parse_amount(billing.get("msgCost")),
+                )
+            )
+        return outcomes
+
+    # -- status -----------------------------------------------------------------------
+
+    def status(self, refs: Sequence[MessageRef]) -> list[StatusReport]:
+        # status.json has the same 200 limit (prostor.md:96): halve a refused batch too.
+        reports: list[StatusReport] = []
+        pending = [list(b) for b in chunked(refs, self.status_batch)]
+        while pending:
+            batch = pending.pop(0)
+            try:
+                reply = self.call(self.build_status(batch), sending=False)
+                reports.extend(self.parse_status(reply, batch))
+            except ProviderError as exc:
+                if exc.code != TOO_MANY or len(batch) == 1:
+                    raise
+                half = (len(batch) + 1) // 2
+                pending[:0] = [batch[:half], batch[half:]]
+        return reports
+
     def build_status(self, refs: Sequence[MessageRef]) -> WireRequest:
         messages = []
         for ref in refs:
@@ -131,64 +290,21 @@ class Prostor(Provider):
             messages.append(item)
         return WireRequest("POST", "status.json", json=self._body(messages=messages))
 
-    def build_balance(self) -> WireRequest:
-        return WireRequest("POST", "balance.json", json=self._body())
-
-    def _doc(self, reply: WireReply) -> dict[str, Any]:
-        doc = read_json(self, reply)
-        if not isinstance(doc, dict):
-            self.malformed(reply, "expected a JSON object")
-        if str(doc.get("status", "")).lower() == "error":
-            description = str(doc.get("description") or doc.get("message") or "").strip()
-            raise self.error(description.lower() or "error", reply, detail=description)
-        return doc
-
-    def parse_send(self, reply: WireReply, batch: Sequence[OutgoingSms]) -> list[SendOutcome]:
-        doc = self._doc(reply)
-        results = {str(m.get("clientId", "")): m for m in doc.get("messages") or [] if isinstance(m, dict)}
-        outcomes = []
-        for msg in batch:
-            item = results.get(client_id(msg.id))
-            if item is None:
-                self.malformed(reply, f"no result for clientId {client_id(msg.id)}")
-            word = str(item.get("status", "")).strip().lower()
-            smsc_id = str(item.get("smscId") or "") or None
-            count = item.get("smsCount")
-            if word in ("accepted", "queued"):
-                outcomes.append(
-                    SendOutcome(
-                        msg.id,
-                        smsc_id,
-                        self.map_status(word),
-                        word,
-                        segments=int(str(count)) if str(count or "").isdigit() else None,
-                        cost=parse_amount(item.get("msgCost")),
-                    )
-                )
-            else:
-                outcomes.append(
-                    SendOutcome(msg.id, smsc_id, Status.UNKNOWN, word, error=self.error(word, reply))
-                )
-        return outcomes
-
-    def _reports(self, doc: dict[str, Any]) -> list[StatusReport]:
-        reports = []
-        for item in doc.get("messages") or []:
-            if not isinstance(item, dict):
-                continue
-            word = str(item.get("status", "")).strip().lower()
-            reports.append(
-                StatusReport(
-                    str(item.get("smscId") or "") or None,
-                    self.map_status(word),
-                    word,
-                    id=str(item.get("clientId") or "") or None,
-                )
-            )
-        return reports
-
     def parse_status(self, reply: WireReply, refs: Sequence[MessageRef]) -> list[StatusReport]:
-        return self._reports(self._doc(reply))
+        """Each item on its own: found by smscId, or by clientId among ``refs``
+        (clientId is optional, prostor.md:155). An item with neither id we can use is
+        skipped, and the others stand."""
+        by_pid = {r.provider_message_id: r for r in refs if r.provider_message_id}
+        by_client = {client_id(r.id): r for r in refs}
+        reports = []
+        for item in self._items(self._doc(reply)):
+            pid, cid = _text(item.get("smscId")), client_id(str(item.get("clientId") or ""))
+            ref = (by_pid.get(pid) if pid else None) or (by_client.get(cid) if cid else None)
+            pid = pid or (ref.provider_message_id if ref else None)
+            if pid is None:
+                continue
+            reports.append(self._report(item, pid, ref.id if ref else None))
+        return reports
 
     def drain_status_queue(self, limit: int = MAX_QUEUE_DRAIN) -> list[StatusReport]:
         """Take up to ``limit`` (max 1000) status changes off our status queue."""
@@ -199,14 +315,37 @@ class Prostor(Provider):
         reply = self.call(WireRequest("POST", "statusQueue.json", json=body), sending=False)
         return self._reports(self._doc(reply))
 
+    def _reports(self, doc: dict[str, Any]) -> list[StatusReport]:
+        # Queue items carry smscId only (prostor.md:187-195): one without it is skipped.
+        return [
+            self._report(item, pid, None)
+            for item in self._items(doc)
+            if (pid := _text(item.get("smscId"))) is not None
+        ]
+
+    @staticmethod
+    def _items(doc: dict[str, Any]) -> list[dict[str, Any]]:
+        items = doc.get("messages")
+        return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
+
+    def _report(self, item: dict[str, Any], pid: str, our_id: str | None) -> StatusReport:
+        word = str(item.get("status", "")).strip().lower()
+        return StatusReport(pid, self.map_status(word), word, id=our_id)
+
+    # -- balance and the rest ---------------------------------------------------------
+
+    def build_balance(self) -> WireRequest:
+        return WireRequest("POST", "balance.json", json=self._body())
+
     def parse_balance(self, reply: WireReply) -> Balance:
         doc = self._doc(reply)
         entries = [b for b in doc.get("balance") or [] if isinstance(b, dict)]
         if not entries:
             self.malformed(reply, "no balance entries")
-        # Two kinds of balance, RUB and SMS (prostor.md:228-239); money first.
+        # Two kinds of balance, RUB and SMS, each with a credit: what may be spent
+        # beyond the balance. The example account has balance 0 and credit 1,000,000
+        # and can send (prostor.md:228-243,249). Money first.
         entry = next((b for b in entries if str(b.get("type")).upper() == "RUB"), entries[0])
-        amount = parse_amount(entry.get("balance"))
         details = {
             str(b.get("type")): {
                 "balance": parse_amount(b.get("balance")),
@@ -214,7 +353,12 @@ class Prostor(Provider):
             }
             for b in entries
         }
-        return Balance(amount, str(entry.get("type") or "") or None, details)
+        return Balance(
+            parse_amount(entry.get("balance")),
+            str(entry.get("type") or "") or None,
+            details,
+            credit=parse_amount(entry.get("credit")),
+        )
 
     def senders(self) -> list[dict[str, str]]:
         """The sender names of the account with their state (prostor.md:251-307)."""
@@ -240,3 +384,31 @@ class Prostor(Provider):
             return int(doc.get("version"))  # type: ignore[arg-type]
         except (TypeError, ValueError):
             self.malformed(reply, "no version number")
+
+    # -- reading replies --------------------------------------------------------------
+
+    def _check_http(self, reply: WireReply, *, sending: bool) -> None:
+        # A refusal's {"status": "error", "description": ...} may come with HTTP 400
+        # (Kholenkov/php-prostor-sms-sdk reads the body whatever the HTTP status,
+        # tests/Dto/Messages/SendResponseTest.php pairs "error" with 400): read its
+        # description rather than a bare "HTTP 400".
+        if 400 <= reply.http_status < 500 and reply.http_status != 429 and _is_refusal(reply.body):
+            return
+        super()._check_http(reply, sending=sending)
+
+    def _doc(self, reply: WireReply) -> dict[str, Any]:
+        doc = read_json(self, reply)
+        if not isinstance(doc, dict):
+            self.malformed(reply, "expected a JSON object")
+        if str(doc.get("status", "")).lower() == "error":
+            description = str(doc.get("description") or doc.get("message") or "").strip()
+            raise self.error(description.lower() or "error", reply, detail=description)
+        return doc
+
+
+def _is_refusal(body: str) -> bool:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and str(doc.get("status", "")).lower() == "error"
