@@ -69,7 +69,7 @@ def test_smstele_send_example_2_two_bad_recipients(provider_for: Callable[..., P
     ("name", "code", "action"),
     [
         ("error1.json", "-22", Action.FAILOVER),
-        ("error2.json", "-35", Action.REJECT),
+        ("error2.json", "-35", Action.FAILOVER),  # our id, not the message (smstele.md:398)
         ("error3.json", "-25", Action.REJECT),
         ("error4.json", "-24", Action.REJECT),  # the example's reading: no phones
     ],
