@@ -13,8 +13,9 @@ DB_UPGRADE = ("smsdispatch", "db", "upgrade")  # tests/pipeline/test_deploy.py
 API = ("smsdispatch", "api")  # tests/pipeline/test_deploy.py
 SIMULATOR = ("smsdispatch", "simulator")  # tests/test_cli.py
 DOCTOR = ("smsdispatch", "doctor")  # tests/pipeline/test_operator_cli.py
+STATUS = ("smsdispatch", "status")  # tests/pipeline/test_provider_reports.py
 
-RUN_ON_HOST = (WORKER, BEAT, FLOWER, DB_UPGRADE, API, SIMULATOR, DOCTOR)
+RUN_ON_HOST = (WORKER, BEAT, FLOWER, DB_UPGRADE, API, SIMULATOR, DOCTOR, STATUS)
 
 
 def host_argv(command: tuple[str, ...], *args: str) -> list[str]:

@@ -219,17 +219,35 @@ class Provider:
     def send(self, messages: Sequence[OutgoingSms]) -> list[SendOutcome]:
         """Send messages, as many per call as the provider takes.
 
-        A request-level failure raises (it concerns the whole call); a per-message
-        refusal comes back as a ``SendOutcome`` with ``error`` set.
+        When everything went in one call, a request-level failure raises (it concerns
+        the whole call); a per-message refusal comes back as a ``SendOutcome`` with
+        ``error`` set. When it took several calls and one fails, the calls answered
+        before it keep their outcomes (those messages went out: failing them over
+        would send them twice), the failed call's messages carry its error, and the
+        calls not yet made are not made: their messages come back not sent.
         """
         groups: dict[Hashable, list[OutgoingSms]] = {}
         for msg in messages:
             groups.setdefault(self.group_key(msg), []).append(msg)
+        batches = [batch for group in groups.values() for batch in chunked(group, self.batch_size)]
         outcomes: list[SendOutcome] = []
-        for group in groups.values():
-            for batch in chunked(group, self.batch_size):
+        for n, batch in enumerate(batches):
+            try:
                 reply = self.call(self.build_send(batch), sending=True)
                 outcomes.extend(self.parse_send(reply, batch))
+            except ProviderError as exc:
+                if len(batches) == 1:
+                    raise
+                failed = [SendOutcome(m.id, None, Status.UNKNOWN, exc.code or "", error=exc) for m in batch]
+                unsent = RetryableError(
+                    "not sent: an earlier call of the same send failed", provider=self.name, kind=self.KIND
+                )
+                outcomes += failed + [
+                    SendOutcome(m.id, None, Status.UNKNOWN, "", error=unsent)
+                    for later in batches[n + 1 :]
+                    for m in later
+                ]
+                break
         return outcomes
 
     def group_key(self, msg: OutgoingSms) -> Hashable:

@@ -35,6 +35,9 @@ class Faults:
     # Phones (comma-separated) whose status checks fail with HTTP 500: one message the
     # provider chokes on while every other one answers.
     broken_status: str = ""
+    # Answer HTTP 500 to every call after this many calls (0: off): a provider that
+    # falls over between two calls of one send, at a known point.
+    fail_after: float = 0.0
 
     def update(self, values: dict[str, Any]) -> None:
         for key, value in values.items():

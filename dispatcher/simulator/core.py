@@ -103,12 +103,15 @@ class _Handler(BaseHTTPRequestHandler):
         req = SimRequest(self.command, rel, query, form, body, ctype, dict(self.headers.items()))
         with state.lock:
             state.requests[rel or "/"] += 1
+            calls = sum(state.requests.values())
             faults = state.faults
             release = state.release
         if faults.latency_ms:
             time.sleep(faults.latency_ms / 1000.0)
         if faults.hang:
             release.wait(faults.hang_seconds)
+        if faults.fail_after and calls > faults.fail_after:
+            return SimResponse(500, "Internal Server Error", "text/plain; charset=utf-8")
         if faults.http500_rate and random.random() < faults.http500_rate:
             return SimResponse(500, "Internal Server Error", "text/plain; charset=utf-8")
         if faults.error_rate and sim.is_traffic(req) and random.random() < faults.error_rate:
