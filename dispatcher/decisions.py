@@ -21,6 +21,7 @@ class Outcome(StrEnum):
     FOUND = "found"  # asked by our id after a lost reply: the provider has it
     MESSAGE_REFUSED = "message_refused"  # the message itself is bad: no provider will take it
     PROVIDER_REFUSED = "provider_refused"  # auth, funds, sender, tariff: this provider cannot serve us now
+    REQUEST_REFUSED = "request_refused"  # it refused how we asked for this message (a parameter, a format)
     TRANSIENT = "transient"  # nothing went out (refused connection, 5xx, "try later")
     PROBE_FAILED = "probe_failed"  # the half-open probe's balance call failed: nothing was sent
     BREAKER_OPENED = "breaker_opened"  # the breaker opened while the call waited: nothing was sent

@@ -92,7 +92,10 @@ def apply_reports(provider_name: str, reports: Sequence[StatusReport], source: s
                 if report.phone and report.phone != phone:
                     continue
                 if report.status == Status.UNKNOWN:
-                    odd.append((mid, report.raw_status))  # kept visible, nothing changes
+                    # kept visible, nothing changes: a word we do not know, or one the
+                    # document leaves open (the adapter says which in `detail`)
+                    raw = report.raw_status
+                    odd.append((mid, f"{raw} ({report.detail})" if report.detail else raw))
                     continue
                 if can_transition(current, report.status):
                     groups[(current, report.status)].append(
@@ -107,7 +110,7 @@ def apply_reports(provider_name: str, reports: Sequence[StatusReport], source: s
             )
         for mid, raw in odd:
             ledger.update_fields(
-                s, mid, last_error=redact(f"unrecognized status from {provider_name}: {raw}")
+                s, mid, last_error=redact(f"status from {provider_name} we do not read as a change: {raw}")
             )
     return changed
 

@@ -227,16 +227,24 @@ class Provider:
         calls not yet made are not made: their messages come back not sent.
         """
         groups: dict[Hashable, list[OutgoingSms]] = {}
-        for msg in messages:
-            groups.setdefault(self.group_key(msg), []).append(msg)
-        batches = [batch for group in groups.values() for batch in chunked(group, self.batch_size)]
         outcomes: list[SendOutcome] = []
+        for msg in messages:
+            # A sender the document forbids would only fetch its error code: such a
+            # message fails over at once, without a request.
+            refusal = self.sender_refusal(msg.sender or self.config.sender)
+            if refusal is None:
+                groups.setdefault(self.group_key(msg), []).append(msg)
+                continue
+            code, reason = refusal
+            error = self.error(code, None, detail=reason)
+            outcomes.append(SendOutcome(msg.id, None, Status.UNKNOWN, code, error=error))
+        batches = [batch for group in groups.values() for batch in chunked(group, self.batch_size)]
         for n, batch in enumerate(batches):
             try:
                 reply = self.call(self.build_send(batch), sending=True)
                 outcomes.extend(self.parse_send(reply, batch))
             except ProviderError as exc:
-                if len(batches) == 1:
+                if len(batches) == 1 and not outcomes:
                     raise
                 failed = [SendOutcome(m.id, None, Status.UNKNOWN, exc.code or "", error=exc) for m in batch]
                 unsent = RetryableError(
@@ -278,11 +286,19 @@ class Provider:
         raise NotImplementedError(f"{self.KIND} cannot look a message up by our id")
 
     @classmethod
-    def sender_problem(cls, sender: str | None) -> str | None:
-        """Why this provider's document would refuse ``sender`` (None: the configured
-        or default sender), or None when it is fine. Checked on the configured sender at
-        start-up; an adapter also checks a message's own sender before sending it."""
+    def sender_refusal(cls, sender: str | None) -> tuple[str, str] | None:
+        """The documented error code and the reason this provider would refuse
+        ``sender`` with (None: no sender given), or None when it would take it. An
+        adapter whose document has sender rules fills this in; ``send`` then fails
+        such a message over without a call, and the configuration refuses such a
+        configured sender at start-up."""
         return None
+
+    @classmethod
+    def sender_problem(cls, sender: str | None) -> str | None:
+        """Why ``sender`` would be refused, or None (for the configuration's check)."""
+        refusal = cls.sender_refusal(sender)
+        return refusal[1] if refusal else None
 
     @property
     def status_queue(self) -> str | None:

@@ -5,13 +5,22 @@ each answering JSON or XML; POST takes a batch (``data`` array). We default to P
 JSON, which keeps the password out of URLs; ``http_method`` and ``format`` select the
 other three forms. Replies carry two layers of status: the request's ``state``
 (my-sms.md:580-584) and each message's ``state`` (my-sms.md:589-598).
+
+Every send form takes an optional ``ttl``, "the lifetime of the message"
+(my-sms.md:53,104,166,233), rejected as -16 when invalid (my-sms.md:598); the
+document gives no unit and no range, and no public client of this API shows one.
+We pass what is left of our TTL in whole minutes by default: should the provider
+count seconds, the message lives shorter than our TTL, never longer (option
+``ttl_unit`` = "seconds" once the provider confirms that reading). No reply carries
+a price or a number of parts: the send reply is only ids and states (my-sms.md:68-74).
 """
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from datetime import timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, ClassVar
 
 from dispatcher.errors import Action
@@ -40,6 +49,8 @@ MOSCOW = timezone(timedelta(hours=3))
 
 R, F, J = Action.RETRY, Action.FAILOVER, Action.REJECT
 
+TTL_UNITS = {"minutes": 60, "seconds": 1}
+
 
 class MySms(Provider):
     KIND = "mysms"
@@ -49,37 +60,48 @@ class MySms(Provider):
         "format": (str, one_of("json", "xml")),
         "http_method": (str, one_of("post", "get")),
         "batch_size": (int, int_range(1, 500)),
+        "ttl_unit": (str, one_of(*TTL_UNITS)),
     }
     # The batch size of a POST is not documented; 100 keeps a request small.
     MAX_BATCH = 100
     MAX_STATUS_BATCH = 100
+    VALIDITY = True
 
     STATUS_MAP: ClassVar[dict[str, Status]] = {
         "2": Status.ACCEPTED,  # waits to be handed to the operator
         "3": Status.SENT,
         "4": Status.DELIVERED,
         "-10": Status.UNKNOWN,  # the id is not theirs
-        "-11": Status.REJECTED,
+        # Refused for our sender, funds, date or TTL: failed, not the message's fault.
+        "-11": Status.FAILED,
         "-12": Status.REJECTED,
         "-13": Status.FAILED,
-        # "error while sending" is the only failure the document lists for a message
-        # already taken; as a delivery status it means it did not reach the phone.
-        "-14": Status.UNDELIVERED,
-        "-15": Status.REJECTED,
-        "-16": Status.REJECTED,
+        # "Error while sending the message" (my-sms.md:596) sits in the one table of
+        # message states beside 2 "waits to be sent to the operator" and 3 "sent to
+        # the operator": the hand-over failed, which neither says the phone was not
+        # reached nor that the provider gave up (on a send the same code is worth a
+        # retry). Not final: read as final, a later 4 would be thrown away; read as
+        # not final, a message that never moves on ends at our status horizon.
+        "-14": Status.UNKNOWN,
+        "-15": Status.FAILED,
+        "-16": Status.FAILED,
     }
     ERRORS: ClassVar[dict[str, ErrorRule]] = {
-        "-1": ErrorRule(F, "authorization failed", "my-sms.md:581"),
-        "-50": ErrorRule(R, "internal server error", "my-sms.md:582"),
-        "-51": ErrorRule(R, "internal server error", "my-sms.md:583"),
-        "-52": ErrorRule(R, "internal server error", "my-sms.md:584"),
-        "-10": ErrorRule(J, "invalid message id", "my-sms.md:592", "message"),
-        "-11": ErrorRule(F, "invalid or unregistered sender name", "my-sms.md:593"),
+        "-1": ErrorRule(F, "authorization failed", "my-sms.md:581", "account"),
+        "-50": ErrorRule(R, "internal server error", "my-sms.md:582", "provider"),
+        "-51": ErrorRule(R, "internal server error", "my-sms.md:583", "provider"),
+        "-52": ErrorRule(R, "internal server error", "my-sms.md:584", "provider"),
+        # A send carries no id of ours or theirs: on a send -10 means our request was
+        # read wrong (a status call reads it as STATUS_MAP's unknown).
+        "-10": ErrorRule(F, "invalid message id", "my-sms.md:592", "request"),
+        "-11": ErrorRule(F, "invalid or unregistered sender name", "my-sms.md:593", "account"),
         "-12": ErrorRule(J, "invalid recipient number", "my-sms.md:594", "message"),
-        "-13": ErrorRule(F, "not enough funds", "my-sms.md:595"),
-        "-14": ErrorRule(R, "error while sending the message", "my-sms.md:596"),
-        "-15": ErrorRule(J, "invalid send date format", "my-sms.md:597", "message"),
-        "-16": ErrorRule(J, "invalid TTL", "my-sms.md:598", "message"),
+        "-13": ErrorRule(F, "not enough funds", "my-sms.md:595", "account"),
+        # On a send the message was not taken (no id, my-sms.md:72): worth a retry.
+        "-14": ErrorRule(R, "error while sending the message", "my-sms.md:596", "provider"),
+        # We build the date (my-sms.md:51) and the TTL (my-sms.md:53) ourselves.
+        "-15": ErrorRule(F, "invalid send date format", "my-sms.md:597", "request"),
+        "-16": ErrorRule(F, "invalid TTL", "my-sms.md:598", "request"),
     }
 
     @property
@@ -91,6 +113,10 @@ class MySms(Provider):
         return bool(self.config.option("http_method", "post") == "get")
 
     @property
+    def ttl_unit(self) -> str:
+        return str(self.config.option("ttl_unit", "minutes"))
+
+    @property
     def batch_size(self) -> int:
         # A GET carries one message (my-sms.md:34); only POST takes a `data` array.
         return 1 if self.use_get else super().batch_size
@@ -99,15 +125,48 @@ class MySms(Provider):
     def status_batch(self) -> int:
         return 1 if self.use_get else self.MAX_STATUS_BATCH
 
+    @classmethod
+    def sender_refusal(cls, sender: str | None) -> tuple[str, str] | None:
+        # `source` is among the parameters, not the optional ones (my-sms.md:43,49); a
+        # sender it refuses fetches -11 (my-sms.md:593).
+        if sender is None or not sender.strip():
+            return "-11", "a sender name (source) is needed on every send (my-sms.md:43): set sender"
+        if sender.isdigit():
+            return (
+                None
+                if len(sender) <= 15
+                else ("-11", f"sender {sender!r}: more than 15 digits (my-sms.md:43)")
+            )
+        if not re.fullmatch(r"[A-Za-z0-9 ._-]{1,11}", sender):
+            return "-11", f"sender {sender!r}: at most 11 Latin letters, digits, space . _ - (my-sms.md:43)"
+        return None
+
     # -- requests ----------------------------------------------------------------------
 
     def _auth(self) -> dict[str, str]:
         return {"username": self.config.login, "password": self.config.password}
 
+    def ttl(self, msg: OutgoingSms, now: datetime | None = None) -> str | None:
+        """What is left of the message's TTL in ``ttl_unit``, rounded down so that the
+        provider never holds it past our TTL; None without a TTL."""
+        if msg.expires_at is None:
+            return None
+        now = now or datetime.now(UTC)
+        # The document does not say whether the lifetime runs from the request or
+        # from the scheduled date (my-sms.md:51-53): from the later of the two, it
+        # ends within our TTL either way.
+        start = max(now, msg.at) if msg.at is not None else now
+        left = (msg.expires_at - start).total_seconds() // TTL_UNITS[self.ttl_unit]
+        # Less than one unit left: one unit, the least we can ask for.
+        return str(max(int(left), 1))
+
     def _message(self, msg: OutgoingSms) -> dict[str, str]:
         item = {"source": msg.sender or self.config.sender or "", "destination": msg.to, "text": msg.text}
         if msg.at is not None:
             item["date"] = msg.at.astimezone(MOSCOW).strftime("%d.%m.%Y %H:%M:%S")
+        ttl = self.ttl(msg)
+        if ttl is not None:
+            item["ttl"] = ttl  # a string, as the JSON example quotes it (my-sms.md:146)
         return item
 
     def _xml(self, root: str, items: list[dict[str, str]] | None) -> bytes:
@@ -149,8 +208,9 @@ class MySms(Provider):
         if self.use_get:
             item = self._message(batch[0])
             params = {"s": item["source"], "d": item["destination"], "t": item["text"]}
-            if "date" in item:
-                params["date"] = item["date"]
+            for key in ("date", "ttl"):
+                if key in item:
+                    params[key] = item[key]
             return self._get("send", params)
         return self._post("send", "sendSMS", [self._message(m) for m in batch])
 
@@ -214,7 +274,15 @@ class MySms(Provider):
     def parse_status(self, reply: WireReply, refs: Sequence[MessageRef]) -> list[StatusReport]:
         state, pairs, _ = self._read(reply)
         self._check_state(state, reply)
-        return [StatusReport(pid or None, self.map_status(mstate), mstate) for pid, mstate in pairs]
+        return [
+            StatusReport(
+                pid or None,
+                self.map_status(mstate),
+                mstate,
+                detail=self.ERRORS[mstate].meaning if mstate in self.ERRORS else "",
+            )
+            for pid, mstate in pairs
+        ]
 
     def parse_balance(self, reply: WireReply) -> Balance:
         state, _, balance = self._read(reply)

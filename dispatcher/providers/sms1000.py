@@ -112,7 +112,7 @@ class Sms1000(Provider):
     # -- the sender rules (1000sms.md:83, :61, :85) -------------------------------------
 
     @classmethod
-    def sender_rule(cls, sender: str) -> tuple[str, str] | None:
+    def sender_refusal(cls, sender: str | None) -> tuple[str, str] | None:
         """The error code and reason a sender name would be refused with, or None.
         An empty sender is fine: the account's default is used (1000sms.md:197)."""
         if not sender:
@@ -126,29 +126,6 @@ class Sms1000(Provider):
         if len(sender) < SENDER_MIN:
             return "621", f"sender {sender!r}: shorter than {SENDER_MIN} characters (1000sms.md:85)"
         return None
-
-    @classmethod
-    def sender_problem(cls, sender: str | None) -> str | None:
-        """Why 1000sms.ru would refuse this sender name (None when it would not):
-        for config validation, which cannot see the sender through ``OPTIONS``."""
-        rule = cls.sender_rule(sender or "")
-        return rule[1] if rule else None
-
-    def send(self, messages: Sequence[OutgoingSms]) -> list[SendOutcome]:
-        # A sender the provider refuses costs a call and fails every message alike:
-        # such messages fail over at once, without a request.
-        refused: list[SendOutcome] = []
-        fine: list[OutgoingSms] = []
-        for msg in messages:
-            rule = self.sender_rule(msg.sender or self.config.sender or "")
-            if rule is None:
-                fine.append(msg)
-                continue
-            code, reason = rule
-            refused.append(
-                SendOutcome(msg.id, None, Status.UNKNOWN, code, error=self.error(code, None, detail=reason))
-            )
-        return refused + (super().send(fine) if fine else [])
 
     # -- requests ---------------------------------------------------------------------
 

@@ -3,6 +3,11 @@
 One endpoint (``base_url`` is the whole of it); form fields, ``Action`` selects the
 call (none means send). Replies are pipe-delimited text: ``code|kind|fields...``;
 a negative code is an error (sms-ka.md:127-149).
+
+The document marks no send parameter optional (sms-ka.md:39-49), its example always
+carries a SenderID (sms-ka.md:55), and it documents no validity/lifetime parameter
+(``VALIDITY`` stays False) and no cost or parts in any reply: the send reply's tail
+is the account's remaining balance (sms-ka.md:59,63), not the price of the message.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from dispatcher.providers.base import (
 )
 from dispatcher.status import Status
 
-R, F, J = Action.RETRY, Action.FAILOVER, Action.REJECT
+R, F = Action.RETRY, Action.FAILOVER
 
 
 class SmsKa(Provider):
@@ -43,14 +48,35 @@ class SmsKa(Provider):
         "7": Status.EXPIRED,
         "8": Status.FAILED,  # DELETED
     }
+    # No code here is about the message alone, so none rejects it (see -6).
     ERRORS: ClassVar[dict[str, ErrorRule]] = {
-        "-1": ErrorRule(F, "authentication failed or account locked", "sms-ka.md:127"),
-        "-3": ErrorRule(R, "send error", "sms-ka.md:131"),
-        "-4": ErrorRule(J, "argument validation failed", "sms-ka.md:135", "message"),
-        "-5": ErrorRule(F, "insufficient credits", "sms-ka.md:139"),
-        "-6": ErrorRule(J, "invalid MSISDN", "sms-ka.md:143", "message"),
-        "-7": ErrorRule(F, "sender id not valid", "sms-ka.md:147"),
+        "-1": ErrorRule(F, "authentication failed or account locked", "sms-ka.md:127", "account"),
+        # A public client of the same error set prints -3 as "System Failure ...
+        # internal system failure or outage": the provider's own trouble.
+        "-3": ErrorRule(R, "send error", "sms-ka.md:131", "provider"),
+        # "One or more of your POST-Vars is invalid or missing": the fields are ours
+        # (a missing SenderID fails every message alike), never the message's fault.
+        "-4": ErrorRule(F, "argument validation failed", "sms-ka.md:135", "request"),
+        "-5": ErrorRule(F, "insufficient credits", "sms-ka.md:139", "account"),
+        # "not valid OR can not be reached via the API", in Russian "wrong format of
+        # the recipient number": the format it takes is 79XXXXXXXXXX (sms-ka.md:31),
+        # narrower than ours, so a number another provider reaches gets -6 here too.
+        # Failing over costs one call for a truly bad number (the next provider
+        # rejects it); rejecting would lose a good one.
+        "-6": ErrorRule(F, "invalid MSISDN or not reachable via this API", "sms-ka.md:143", "request"),
+        "-7": ErrorRule(F, "sender id not valid", "sms-ka.md:147", "account"),
     }
+
+    @classmethod
+    def sender_refusal(cls, sender: str | None) -> tuple[str, str] | None:
+        if sender is None or not sender.strip():
+            # Listed among the send parameters with none marked optional (sms-ka.md:49);
+            # without it every send answers -4 (sms-ka.md:135).
+            return "-4", "a SenderID is needed on every send (sms-ka.md:49): set sender"
+        return None
+
+    def _sender(self, msg: OutgoingSms) -> str | None:
+        return msg.sender or self.config.sender
 
     def _form(self, **fields: str) -> WireRequest:
         return WireRequest(
@@ -59,7 +85,7 @@ class SmsKa(Provider):
 
     def build_send(self, batch: Sequence[OutgoingSms]) -> WireRequest:
         msg = batch[0]
-        return self._form(SenderID=msg.sender or self.config.sender or "", MSISDN=msg.to, Message=msg.text)
+        return self._form(SenderID=self._sender(msg) or "", MSISDN=msg.to, Message=msg.text)
 
     def build_status(self, refs: Sequence[MessageRef]) -> WireRequest:
         return self._form(Action="query", BatchId=refs[0].provider_message_id or "")
@@ -81,7 +107,8 @@ class SmsKa(Provider):
         return fields
 
     def parse_send(self, reply: WireReply, batch: Sequence[OutgoingSms]) -> list[SendOutcome]:
-        # 0|Message sent|<id>|Balance status|<balance> (sms-ka.md:59,63)
+        # 0|Message sent|<id>|Balance status|<balance> (sms-ka.md:59,63): the tail is
+        # what is left on the account, which says nothing about this message's price.
         fields = self._fields(reply)
         if len(fields) < 3 or not fields[2]:
             self.malformed(reply, "no message id")

@@ -44,6 +44,10 @@ POLICY: dict[Outcome, Rule] = {
                                   "the provider refused the message itself"),
     Outcome.PROVIDER_REFUSED: Rule(Action.FAIL_OVER, None, "failover", Health.BAD,
                                    "the provider cannot serve us now"),
+    # Says nothing about the provider's health: a run of, say, numbers one provider's
+    # format check refuses (sms-ka.net -6) must not open its breaker for everyone.
+    Outcome.REQUEST_REFUSED: Rule(Action.FAIL_OVER, None, "failover", Health.NONE,
+                                  "the provider refused our request for this message: another may take it"),
     Outcome.TRANSIENT: Rule(Action.RETRY, Action.FAIL_OVER, "retry", Health.BAD, "transient"),
     Outcome.PROBE_FAILED: Rule(Action.FAIL_OVER, None, "not_sent", Health.BAD,
                                "half-open probe: the balance call failed, nothing was sent"),
@@ -70,7 +74,7 @@ def classify(err: ProviderError, *, can_ask: bool, guarantee: str) -> Outcome:
     if err.action == ErrorKind.REJECT:
         return Outcome.MESSAGE_REFUSED
     if err.action == ErrorKind.FAILOVER:
-        return Outcome.PROVIDER_REFUSED
+        return Outcome.REQUEST_REFUSED if err.about == "request" else Outcome.PROVIDER_REFUSED
     if err.ambiguous:
         if can_ask:
             return Outcome.IN_DOUBT_ASKABLE

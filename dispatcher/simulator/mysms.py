@@ -3,20 +3,65 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 import xml.etree.ElementTree as ET
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from dispatcher.simulator.base import SimProvider, SimRequest, SimResponse
+from dispatcher.simulator.base import SILENT_SUFFIX, SimProvider, SimRequest, SimResponse, SimState
 from dispatcher.simulator.common import phone_ok, sender_ok
 
 XSI = 'xmlns:i="http://www.w3.org/2001/XMLSchema-instance"'
 _REQUEST_LEVEL = {"-1", "-50", "-51", "-52"}
+# The document lists no "undelivered" or "expired" state (my-sms.md:588-598): a
+# message that does not reach the phone, or outlives its TTL, ends on -14 "error
+# while sending the message".
 _STAGE = {"accepted": "2", "sent": "3", "delivered": "4", "undelivered": "-14"}
+_TTL_UNITS = {"minutes": 60, "seconds": 1}
+_KEEP_TTLS = 10_000
 
 
 class MySmsSim(SimProvider):
     KIND = "mysms"
+    QUIRKS: ClassVar[dict[str, Any]] = {
+        # `ttl` is "the lifetime of the message" with no unit (my-sms.md:53).
+        "ttl_unit": "minutes",
+        # Whether -14 (my-sms.md:596) in a status reply is the end: True makes the
+        # provider report -14 after a failed hand-over to the operator, try again and
+        # deliver (3 -> -14 -> 4); False keeps -14 for messages that never arrive.
+        "retry_after_error": False,
+    }
+
+    def __init__(self, state: SimState) -> None:
+        super().__init__(state)
+        self._lock = threading.Lock()
+        # pid -> monotonic time its TTL ends, for messages it ends before delivery.
+        self._expiring: dict[str, float] = {}
+        # pid -> the ttl as received, for tests; the latest few only, so that a long
+        # load run does not grow it without end.
+        self.ttls: dict[str, str] = {}
+
+    def _expire_due(self) -> None:
+        """Messages whose TTL has ended undelivered end on -14 and are never delivered."""
+        now = time.monotonic()
+        with self._lock:
+            due = [pid for pid, at in self._expiring.items() if at <= now]
+            for pid in due:
+                del self._expiring[pid]
+        with self.state.lock:
+            for pid in due:
+                msg = self.state.messages.get(pid)
+                if msg is not None:
+                    msg.stage = "undelivered"
+
+    def _state_of(self, pid: str) -> str:
+        msg = self.state.get(pid)
+        if msg is None:
+            return "-10"
+        if msg.stage == "sent" and self.state.quirk("retry_after_error"):
+            return "-14"
+        return _STAGE[msg.stage]
 
     def is_traffic(self, req: SimRequest) -> bool:
         return not req.path.startswith("credit")
@@ -32,6 +77,7 @@ class MySmsSim(SimProvider):
         if parsed is None:
             return SimResponse(400, "Bad Request", "text/plain")
         login, password, items = parsed
+        self._expire_due()
         if not self.state.auth_ok(login, password):
             return self._reply(req, "-1", [], None)
         if method == "credit":
@@ -40,8 +86,7 @@ class MySmsSim(SimProvider):
         if method == "status":
             results = []
             for item in items:
-                msg = self.state.get(item.get("id", ""))
-                results.append((item.get("id", ""), _STAGE[msg.stage] if msg else "-10"))
+                results.append((item.get("id", ""), self._state_of(item.get("id", ""))))
             return self._reply(req, "0", results, None)
         forced = self.state.faults.error_code
         if forced in _REQUEST_LEVEL:
@@ -64,12 +109,25 @@ class MySmsSim(SimProvider):
                 datetime.strptime(date, "%d.%m.%Y %H:%M:%S")
             except ValueError:
                 return "", "-15"
-        if item.get("ttl", "") and not item["ttl"].isdigit():
+        ttl = item.get("ttl", "")
+        if ttl and not (re.fullmatch(r"[0-9]+", ttl) and int(ttl) > 0):
             return "", "-16"
         if self.state.charge(text) is None:
             return "", "-13"
         msg = self.state.accept(phone, text, source, style="uuid")
+        if ttl:
+            self._track_ttl(msg.pid, phone, msg.created, ttl)
         return msg.pid, "2"
+
+    def _track_ttl(self, pid: str, phone: str, created: float, ttl: str) -> None:
+        ends = created + int(ttl) * _TTL_UNITS[str(self.state.quirk("ttl_unit"))]
+        delivered_at = created + self.state.timing.final_after
+        with self._lock:
+            self.ttls[pid] = ttl
+            if len(self.ttls) > _KEEP_TTLS:
+                del self.ttls[next(iter(self.ttls))]
+            if ends < delivered_at or phone.endswith(SILENT_SUFFIX):
+                self._expiring[pid] = ends
 
     def _parse(self, req: SimRequest, fmt: str) -> tuple[str, str, list[dict[str, str]]] | None:
         if req.method == "GET":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any, ClassVar
+
 from dispatcher.simulator.base import SimProvider, SimRequest, SimResponse
 from dispatcher.simulator.common import phone_ok, sender_ok
 
@@ -26,6 +29,10 @@ def _text(body: str) -> SimResponse:
 
 class SmsKaSim(SimProvider):
     KIND = "smska"
+    # The parameter list asks for MSISDN "in the format 79XXXXXXXXXX" (sms-ka.md:31),
+    # the send section only for "the phone number" (sms-ka.md:47): a server taking
+    # the first reading answers -6 to any other number, valid elsewhere or not.
+    QUIRKS: ClassVar[dict[str, Any]] = {"msisdn_79_only": False}
 
     def is_traffic(self, req: SimRequest) -> bool:
         return req.form.get("Action", "") != "balance"
@@ -55,7 +62,8 @@ class SmsKaSim(SimProvider):
         text, phone, sender = f.get("Message", ""), f.get("MSISDN", ""), f.get("SenderID", "")
         if not text or not phone or not sender:
             return self._error("-4")
-        if not phone_ok(phone):
+        russian_only = self.state.quirk("msisdn_79_only")
+        if not phone_ok(phone) or (russian_only and not re.fullmatch(r"79\d{9}", phone)):
             return self._error("-6")
         if not sender_ok(sender):
             return self._error("-7")

@@ -19,8 +19,8 @@ from dispatcher.simulator.core import Simulator
 from tests.support import REDIS_URL, Stack
 
 
-def err(cls: type[ProviderError], ambiguous: bool = False) -> ProviderError:
-    return cls("x", provider="p", kind="mysms", ambiguous=ambiguous)
+def err(cls: type[ProviderError], ambiguous: bool = False, about: str = "provider") -> ProviderError:
+    return cls("x", provider="p", kind="mysms", ambiguous=ambiguous, about=about)
 
 
 @pytest.mark.parametrize(
@@ -32,6 +32,8 @@ def err(cls: type[ProviderError], ambiguous: bool = False) -> ProviderError:
         (err(RetryableError, ambiguous=True), True, "at-most-once", Outcome.IN_DOUBT_ASKABLE),
         (err(FailoverError), True, "at-most-once", Outcome.PROVIDER_REFUSED),
         (err(FailoverError, ambiguous=True), False, "at-most-once", Outcome.PROVIDER_REFUSED),
+        (err(FailoverError, about="account"), False, "at-most-once", Outcome.PROVIDER_REFUSED),
+        (err(FailoverError, about="request"), False, "at-most-once", Outcome.REQUEST_REFUSED),
         (err(RejectedError), False, "at-most-once", Outcome.MESSAGE_REFUSED),
         (err(RejectedError, ambiguous=True), False, "at-most-once", Outcome.MESSAGE_REFUSED),
     ],
@@ -51,6 +53,7 @@ def test_classify(error: ProviderError, can_ask: bool, guarantee: str, outcome: 
         (Outcome.IN_DOUBT_AT_LEAST_ONCE, 3, Action.FAIL_OVER),
         (Outcome.IN_DOUBT_ASKABLE, 0, Action.ASK),
         (Outcome.PROVIDER_REFUSED, 0, Action.FAIL_OVER),
+        (Outcome.REQUEST_REFUSED, 0, Action.FAIL_OVER),
         (Outcome.MESSAGE_REFUSED, 0, Action.REJECT),
         (Outcome.MESSAGE_REFUSED, 3, Action.REJECT),
         (Outcome.PROBE_FAILED, 0, Action.FAIL_OVER),

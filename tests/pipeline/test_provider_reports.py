@@ -15,6 +15,7 @@ from dispatcher.coordination import coordinator_for
 from dispatcher.ops import provider_rows
 from dispatcher.sending import SendPipeline
 from dispatcher.simulator.core import Simulator
+from dispatcher.simulator.smstele import SmsTeleSim
 from dispatcher.tracking import read_balances
 from tests.host_commands import STATUS, host_argv
 from tests.support import REDIS_URL, Stack
@@ -86,6 +87,28 @@ def test_an_account_refusal_fails_over_and_flags_the_provider(stack: Stack, sim:
         row = next(r for r in provider_rows(settings) if r["provider"] == "mysms")
         assert row["attention"] and "account" in row["attention"]
         assert next(r for r in provider_rows(settings) if r["provider"] == "prostor")["attention"] is None
+    finally:
+        p.close()
+        api.use_publisher(None)
+
+
+def test_our_ttl_goes_to_a_provider_that_takes_a_validity(stack: Stack, sim: Simulator) -> None:
+    """SMStele takes `validity` (smstele.md:70): a message sent with a 300 s TTL asks
+    the provider to give up within those 300 s too, counted from the send."""
+    settings = stack.configure(providers=["smstele"])
+    published: list[Any] = []
+    api.use_publisher(lambda items: published.extend(items))
+    p = SendPipeline(settings, lambda *a: published.append(a), coordinator_for(REDIS_URL))
+    try:
+        mid = api.send_sms("79161234567", "valid for five minutes", ttl=300)
+        p.process(mid)
+        assert (api.get_message(mid) or {})["status"] == "accepted"
+        server = sim["smstele"].sim
+        assert isinstance(server, SmsTeleSim)
+        asked = server._validity  # pid -> (when its validity runs out, ...)
+        [(pid, (runs_out, _))] = asked.items()
+        lifetime = runs_out - sim["smstele"].state.messages[pid].created
+        assert 290 <= lifetime <= 300  # what was left of the TTL, never more
     finally:
         p.close()
         api.use_publisher(None)

@@ -39,7 +39,9 @@ def test_documented_code_is_classified(
 def test_every_kind_has_each_action() -> None:
     for kind in KINDS:
         actions = {rule.action for rule in adapter_class(kind).ERRORS.values()}
-        assert actions == set(Action), kind
+        # sms-ka.net lists no code about the message alone: even -6 may mean "cannot
+        # be reached via the API" (sms-ka.md:143), which another provider may do.
+        assert actions == (set(Action) - {Action.REJECT} if kind == "smska" else set(Action)), kind
 
 
 def test_undocumented_code_fails_over(provider_for: Callable[..., Provider], sim: Simulator) -> None:
