@@ -29,6 +29,10 @@ def test_demo_embedded_small_run(tmp_path: Path) -> None:
     assert sum(r["delivered"] for r in rows.values()) > 150
     for row in rows.values():
         assert {"retries", "failovers", "p50_accepted_s", "p95_accepted_s", "p50_delivered_s"} <= set(row)
+    # What the providers reported counting and charging, summed per provider (prostor and
+    # 1000sms.ru report both per message).
+    assert rows["prostor"]["parts"] >= rows["prostor"]["accepted"] > 0 and rows["prostor"]["cost"] > 0
+    assert rows["sms1000"]["cost"] > 0
 
 
 def test_demo_on_celery_workers_with_redis(tmp_path: Path) -> None:
