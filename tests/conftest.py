@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from dispatcher import config
+from dispatcher.errors import ProviderError
 from dispatcher.providers import make_provider, registry
 from dispatcher.providers.base import OutgoingSms, Provider
 from dispatcher.simulator.core import Simulator
@@ -66,6 +67,17 @@ def provider_for(sim: Simulator) -> Iterator[Callable[..., Provider]]:
 
 def sms(to: str = "79161234567", text: str = "Test message", **kwargs: Any) -> OutgoingSms:
     return OutgoingSms(id=uuid.uuid4().hex, to=to, text=text, **kwargs)
+
+
+def send_error(provider: Provider, msg: OutgoingSms | None = None) -> ProviderError:
+    """The error of sending one message, whether the call raised it or the message's
+    outcome carries it."""
+    try:
+        [outcome] = provider.send([msg or sms()])
+    except ProviderError as exc:
+        return exc
+    assert outcome.error is not None, outcome
+    return outcome.error
 
 
 def fixture_text(kind: str, name: str) -> str:

@@ -8,26 +8,17 @@ from collections.abc import Callable
 
 import pytest
 
-from dispatcher.errors import Action, FailoverError, ProviderError, RetryableError
+from dispatcher.errors import Action, FailoverError, RetryableError
 from dispatcher.providers.base import MessageRef, OutgoingSms, Provider, WireReply
 from dispatcher.providers.prostor import TOO_MANY, Prostor
 from dispatcher.simulator.core import Simulator
-from tests.conftest import FIXTURES, fixture_text, sms
+from tests.conftest import FIXTURES, fixture_text, send_error, sms
 
 DOC = FIXTURES / "documents" / "prostor.md"
 
 
 def reply(body: str) -> WireReply:
     return WireReply(200, body, "application/json", 0.0)
-
-
-def error_of(provider: Provider, msg: OutgoingSms) -> ProviderError:
-    try:
-        [outcome] = provider.send([msg])
-    except ProviderError as exc:
-        return exc
-    assert outcome.error is not None, outcome
-    return outcome.error
 
 
 # -- 1. a partial batch reply ------------------------------------------------------------
@@ -140,7 +131,7 @@ def test_one_message_refused_as_too_many_fails_over(
     provider_for: Callable[..., Provider], sim: Simulator
 ) -> None:
     sim["prostor"].state.set_quirks({"max_messages": 0})
-    err = error_of(provider_for("prostor"), sms())
+    err = send_error(provider_for("prostor"), sms())
     assert isinstance(err, FailoverError) and err.code == TOO_MANY and err.about == "request"
     assert sim["prostor"].state.stats()["messages"] == 0
 
@@ -174,7 +165,7 @@ def test_invalid_schedule_time_format_is_our_request(
     provider_for: Callable[..., Provider], sim: Simulator
 ) -> None:
     sim["prostor"].state.faults.error_code = "invalid schedule time format"
-    err = error_of(provider_for("prostor"), sms())
+    err = send_error(provider_for("prostor"), sms())
     assert isinstance(err, FailoverError) and err.about == "request"
 
 
@@ -193,7 +184,7 @@ def test_no_funds_in_either_word_is_the_account(
 ) -> None:
     sim["prostor"].state.set_quirks({"no_funds_word": "not enough credits"})
     sim["prostor"].state.faults.no_funds = True
-    err = error_of(provider_for("prostor"), sms())
+    err = send_error(provider_for("prostor"), sms())
     assert isinstance(err, FailoverError) and err.code == "not enough credits" and err.about == "account"
 
 
@@ -201,7 +192,7 @@ def test_a_refusal_with_http_400_is_read_by_its_description(
     provider_for: Callable[..., Provider], sim: Simulator
 ) -> None:
     sim["prostor"].state.set_quirks({"error_http_status": 400})
-    err = error_of(provider_for("prostor", password="wrong-password"), sms())
+    err = send_error(provider_for("prostor", password="wrong-password"), sms())
     assert isinstance(err, FailoverError)
     assert (err.code, err.about, err.http_status) == ("error authorization", "account", 400)
 

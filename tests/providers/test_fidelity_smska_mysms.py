@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from dispatcher import config
-from dispatcher.errors import ERROR_CLASS, Action, ConfigError, FailoverError, ProviderError, RetryableError
+from dispatcher.errors import ERROR_CLASS, Action, ConfigError, FailoverError, RetryableError
 from dispatcher.providers import make_provider
 from dispatcher.providers.base import MessageRef, Provider
 from dispatcher.providers.mysms import MySms
@@ -21,7 +21,7 @@ from dispatcher.simulator.core import Simulator
 from dispatcher.simulator.defaults import password_for
 from dispatcher.simulator.mysms import MySmsSim
 from dispatcher.status import Status
-from tests.conftest import FIXTURES, sim_table, sms
+from tests.conftest import FIXTURES, send_error, sim_table, sms
 
 DOCS = FIXTURES / "documents"  # the providers' documents, verbatim
 R, F, J = Action.RETRY, Action.FAILOVER, Action.REJECT
@@ -51,15 +51,6 @@ EXPECTED = {
     },
 }
 CASES = [(kind, code) for kind, codes in EXPECTED.items() for code in codes]
-
-
-def send_error(provider: Provider) -> ProviderError:
-    try:
-        [out] = provider.send([sms()])
-    except ProviderError as exc:
-        return exc
-    assert out.error is not None, out
-    return out.error
 
 
 def ttl_received(sim: Simulator, pid: str | None) -> str | None:

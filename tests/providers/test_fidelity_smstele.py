@@ -15,13 +15,13 @@ from urllib.parse import parse_qs
 import pytest
 import requests
 
-from dispatcher.errors import Action, FailoverError, ProviderError, RejectedError
+from dispatcher.errors import Action, FailoverError, RejectedError
 from dispatcher.providers.base import MessageRef, OutgoingSms, Provider
 from dispatcher.providers.smstele import SmsTele, from_wire_id, wire_id
 from dispatcher.simulator.core import Simulator
 from dispatcher.simulator.defaults import password_for
 from dispatcher.status import Status
-from tests.conftest import sms
+from tests.conftest import send_error, sms
 
 
 def post(sim: Simulator, path: str, **fields: str) -> Any:
@@ -33,15 +33,6 @@ def sent_fields(provider: Provider, batch: list[OutgoingSms]) -> dict[str, str]:
     body = provider.build_send(batch).data
     assert isinstance(body, bytes)
     return {k: v[0] for k, v in parse_qs(body.decode("ascii")).items()}
-
-
-def send_error(provider: Provider, msg: OutgoingSms) -> ProviderError:
-    try:
-        [outcome] = provider.send([msg])
-    except ProviderError as exc:
-        return exc
-    assert outcome.error is not None, outcome
-    return outcome.error
 
 
 # -- 1. the id: at most 25 characters, ours re-encoded -----------------------------------
