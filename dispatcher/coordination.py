@@ -163,8 +163,11 @@ return 0
 
 # The rate limiter counts in microseconds: whole milliseconds would round a 300/s
 # interval (3.33 ms) down to 3 ms and let 333/s through. Epoch microseconds (~1.8e15)
-# are exact in Lua's doubles (2^53 ~ 9e15).
-_NOW_US = "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000000 + tonumber(t[2])"
+# are exact in Lua's doubles (2^53 ~ 9e15), but Lua 5.1's tostring keeps 14 digits (it
+# rounded them to 100 us, and 3000/s let 3333/s through): numbers cross as %.17g.
+_NOW_US = """local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function exact(x) return string.format('%.17g', x) end
+"""
 
 # GCRA without burst: the key holds the earliest time of the next slot. Take ARGV[2]
 # slots (the cost) when the next is free now, else answer the wait (nothing taken).
@@ -173,9 +176,9 @@ _RATE = (
     + """
 local interval = tonumber(ARGV[1])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat > now then return tostring(tat - now) end
+if tat > now then return exact(tat - now) end
 local span = tonumber(ARGV[2]) * interval
-redis.call('SET', KEYS[1], tostring(now + span), 'PX', math.ceil(span / 1000) + 1000)
+redis.call('SET', KEYS[1], exact(now + span), 'PX', math.ceil(span / 1000) + 1000)
 return '0'
 """
 )
@@ -190,10 +193,10 @@ local cost = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local wait = tat - now
-if wait > tonumber(ARGV[3]) then return {0, tostring(wait)} end
+if wait > tonumber(ARGV[3]) then return {0, exact(wait)} end
 local span = wait + cost * interval
-redis.call('SET', KEYS[1], tostring(tat + cost * interval), 'PX', math.ceil(span / 1000) + 1000)
-return {1, tostring(wait)}
+redis.call('SET', KEYS[1], exact(tat + cost * interval), 'PX', math.ceil(span / 1000) + 1000)
+return {1, exact(wait)}
 """
 )
 

@@ -323,10 +323,15 @@ def _claimed(rows: Iterable[Any]) -> list[Claimed]:
 
 
 def claim(session: Session, ids: Sequence[str], now: datetime, *, due_before: datetime,
-          source: str = "send") -> list[Claimed]:  # fmt: skip
+          source: str = "send", skip_locked: bool = False) -> list[Claimed]:  # fmt: skip
     """``queued`` and due -> ``sending`` for those of ``ids`` still so, in one
     statement that returns what the send path needs; one INSERT of their events.
-    A message another worker holds, or not yet due, is left alone."""
+    A message another worker holds, or not yet due, is left alone. ``skip_locked``
+    (PostgreSQL): leave a row another transaction has locked instead of waiting for
+    it, for a caller that already holds other rows (waiting could deadlock)."""
+    if skip_locked and ids and session.get_bind().dialect.name == "postgresql":
+        free = select(MESSAGES.c.id).where(MESSAGES.c.id.in_(list(ids))).with_for_update(skip_locked=True)
+        ids = list(session.execute(free).scalars())
     if not ids:
         return []
     rows = session.execute(
@@ -341,13 +346,22 @@ def claim(session: Session, ids: Sequence[str], now: datetime, *, due_before: da
     return claimed
 
 
+def peek(session: Session, message_id: str) -> Claimed | None:
+    """A message's fields as a claim would return them, without claiming or locking it."""
+    row = session.execute(select(*_CLAIMED).where(MESSAGES.c.id == message_id)).first()
+    return _claimed([row])[0] if row is not None else None
+
+
 def claim_mates(session: Session, like: Claimed, now: datetime, limit: int,
                 keep: Callable[[str], bool]) -> list[Claimed]:  # fmt: skip
-    """Claim up to ``limit`` other queued, due, never-tried messages that may share a
-    provider call with ``like``: same priority, pinned alike, oldest first, and
-    ``keep(id)`` (their first choice is the same provider). On PostgreSQL the
-    candidates are locked with SKIP LOCKED, so lingering workers never wait on each
-    other; SQLite's write lock (BEGIN IMMEDIATE) already makes this one step."""
+    """Claim up to ``limit`` queued, due, never-tried messages that may share a
+    provider call with ``like`` (``like`` itself among them, when it is still free):
+    same priority, pinned alike, oldest first, and ``keep(id)`` (their first choice is
+    the same provider). On PostgreSQL the candidates are locked with SKIP LOCKED, so
+    lingering workers never wait on each other, and the one that runs first takes
+    them all: had each first claimed its own message, workers waking together would
+    each hold one and skip the rest, and send one call each. SQLite's write lock
+    (BEGIN IMMEDIATE) already makes this one step."""
     query = (
         select(MESSAGES.c.id)
         .where(

@@ -236,7 +236,10 @@ class Provider:
                 groups.setdefault(self.group_key(msg), []).append(msg)
                 continue
             code, reason = refusal
-            error = self.error(code, None, detail=reason)
+            # The configured sender passed this check at start-up, so this is a message's
+            # own sender: our request for that message, not the account, and no call was
+            # made, so it says nothing about the provider's health.
+            error = self.error(code, None, detail=reason, about="request")
             outcomes.append(SendOutcome(msg.id, None, Status.UNKNOWN, code, error=error))
         batches = [batch for group in groups.values() for batch in chunked(group, self.batch_size)]
         for n, batch in enumerate(batches):
@@ -246,17 +249,22 @@ class Provider:
             except ProviderError as exc:
                 if len(batches) == 1 and not outcomes:
                     raise
-                failed = [SendOutcome(m.id, None, Status.UNKNOWN, exc.code or "", error=exc) for m in batch]
-                unsent = RetryableError(
-                    "not sent: an earlier call of the same send failed", provider=self.name, kind=self.KIND
-                )
-                outcomes += failed + [
-                    SendOutcome(m.id, None, Status.UNKNOWN, "", error=unsent)
-                    for later in batches[n + 1 :]
-                    for m in later
-                ]
+                outcomes += self.cut_short(exc, batch, [m for later in batches[n + 1 :] for m in later])
                 break
         return outcomes
+
+    def cut_short(
+        self, exc: ProviderError, failed: Sequence[OutgoingSms], not_made: Sequence[OutgoingSms]
+    ) -> list[SendOutcome]:
+        """The outcomes of a send that stopped at a failed call: that call's messages
+        carry its error (in doubt if it was); the messages of the calls not made come
+        back not sent, never in doubt, so they are simply tried again."""
+        unsent = RetryableError(
+            "not sent: an earlier call of the same send failed", provider=self.name, kind=self.KIND
+        )
+        return [SendOutcome(m.id, None, Status.UNKNOWN, exc.code or "", error=exc) for m in failed] + [
+            SendOutcome(m.id, None, Status.UNKNOWN, "", error=unsent) for m in not_made
+        ]
 
     def group_key(self, msg: OutgoingSms) -> Hashable:
         """Messages with equal keys may share one send call (same text for a
@@ -356,6 +364,7 @@ class Provider:
         detail: str = "",
         action: Action | None = None,
         ambiguous: bool = False,
+        about: str | None = None,
     ) -> ProviderError:
         """Build the exception for a provider error code, with the wire context."""
         code = str(code).strip()
@@ -372,7 +381,7 @@ class Provider:
             raw=redact(reply.body) if reply else None,
             ambiguous=ambiguous,
             # An undocumented code is read as the provider's; a documented one says.
-            about=rule.about if rule else "provider",
+            about=about or (rule.about if rule else "provider"),
         )
 
     def malformed(self, reply: WireReply, why: str) -> NoReturn:

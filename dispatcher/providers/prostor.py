@@ -168,35 +168,35 @@ class Prostor(Provider):
         """Send in batches; a batch refused as too many is halved and sent again.
 
         A refused request sent nothing (status "error" is the whole packet's,
-        prostor.md:88), so resending its halves cannot duplicate a message. Once a
-        call of this send was answered, a later failed call becomes per-message
-        outcomes instead of an exception, so the answered messages are not lost.
+        prostor.md:88), so resending its halves cannot duplicate a message. As in the
+        base class, only a send that was one call raises; otherwise a failed call's
+        messages carry its error, the answered ones keep their outcomes, and the calls
+        not made come back not sent (never in doubt).
         """
         groups: dict[Hashable, list[OutgoingSms]] = {}
         for msg in messages:
             groups.setdefault(self.group_key(msg), []).append(msg)
         pending = [list(b) for g in groups.values() for b in chunked(g, min(self.batch_size, self._fits))]
         outcomes: list[SendOutcome] = []
-        answered = False
+        calls = 0
         while pending:
             batch = pending.pop(0)
             if len(batch) > self._fits:
                 pending[:0] = [list(b) for b in chunked(batch, self._fits)]
                 continue
+            calls += 1
             try:
                 reply = self.call(self.build_send(batch), sending=True)
                 outcomes.extend(self.parse_send(reply, batch))
-                answered = True
             except ProviderError as exc:
                 if exc.code == TOO_MANY and len(batch) > 1:
                     self._fits = min(self._fits, (len(batch) + 1) // 2)
                     pending[:0] = [batch[: self._fits], batch[self._fits :]]
                     continue
-                if not answered:
-                    raise
-                outcomes.extend(
-                    SendOutcome(m.id, None, Status.UNKNOWN, exc.code or "", error=exc) for m in batch
-                )
+                if calls == 1 and not pending:
+                    raise  # the whole send was this one call
+                outcomes += self.cut_short(exc, batch, [m for b in pending for m in b])
+                break
         return outcomes
 
     def build_send(self, batch: Sequence[OutgoingSms]) -> WireRequest:
@@ -342,10 +342,17 @@ class Prostor(Provider):
         entries = [b for b in doc.get("balance") or [] if isinstance(b, dict)]
         if not entries:
             self.malformed(reply, "no balance entries")
+
         # Two kinds of balance, RUB and SMS, each with a credit: what may be spent
-        # beyond the balance. The example account has balance 0 and credit 1,000,000
-        # and can send (prostor.md:228-243,249). Money first.
-        entry = next((b for b in entries if str(b.get("type")).upper() == "RUB"), entries[0])
+        # beyond the balance (prostor.md:245,249). The document's example account has
+        # nothing in roubles and 1,000,000 SMS of credit on a balance of -508,784
+        # (prostor.md:228-239): it can send, in SMS. So the balance reported is the
+        # money one while it can pay, else the first that can (the SMS count).
+        def spendable(b: dict[str, Any]) -> float:
+            return (parse_amount(b.get("balance")) or 0.0) + (parse_amount(b.get("credit")) or 0.0)
+
+        money = [b for b in entries if str(b.get("type")).upper() == "RUB"]
+        entry = next((b for b in money + entries if spendable(b) > 0), (money or entries)[0])
         details = {
             str(b.get("type")): {
                 "balance": parse_amount(b.get("balance")),

@@ -128,14 +128,22 @@ class SendPipeline:
             time.sleep(self.settings.pipeline.linger)
         now = utcnow()
         with session_scope() as s:
-            group = ledger.claim(s, [message_id], now, due_before=now + EARLY)
-            if group and linger and self._lingers(group[0]):
-                lone = group[0]
+            group: list[Claimed] = []
+            lone = ledger.peek(s, message_id) if linger else None
+            lingered = lone is not None and self._lingers(lone)
+            if lone is not None and lingered:
+                # Its mates and itself in one statement: the first task to wake takes
+                # the lot (ledger.claim_mates says why not itself first).
                 first = self.router.first_choice(lone.id, lone.provider_pinned)
-                group += ledger.claim_mates(
-                    s, lone, now, self.provider(str(first)).batch_size - 1,
+                group = ledger.claim_mates(
+                    s, lone, now, self.provider(str(first)).batch_size,
                     keep=lambda m: self.router.first_choice(m, lone.provider_pinned) == first,
                 )  # fmt: skip
+            if not any(c.id == message_id for c in group):
+                # Not lingering, or not yet due; or another task holds its row. Having
+                # locked rows ourselves, we must not wait for it (two lingering tasks
+                # could wait on each other): _not_claimed looks again after commit.
+                group += ledger.claim(s, [message_id], now, due_before=now + EARLY, skip_locked=lingered)
             step = self._start(s, group, now) if group else None
         if step is None:
             return self._not_claimed(message_id)
@@ -640,6 +648,10 @@ class SendPipeline:
             # stale. No task is republished here: a message claimed by another task's
             # batch would get a needless task for each of its mates.
             return "busy"
+        if msg.status == Status.QUEUED.value:
+            # Due, and free again: a lingering task looked at it (and left it) while we
+            # claimed. Claim it now, lingering no more.
+            return self.process(message_id)
         return "skipped"  # scheduled (the sweeper releases it), already sent, final
 
     def _pool(self) -> ThreadPoolExecutor:

@@ -142,6 +142,17 @@ def test_rate_limit_counts_microseconds_and_takes_a_cost(coordinator: Coordinato
     assert ok and 0.98 < wait <= 1.0
 
 
+def test_rate_limit_keeps_its_precision_over_many_slots(coordinator: Coordinator) -> None:
+    """1000 slots one at a time at 3000/s span a third of a second: no write may round
+    the next slot's time (Lua's tostring keeps 14 digits, 100 us of epoch microseconds)."""
+    started = time.monotonic()
+    for _ in range(1000):
+        assert coordinator.rate_reserve("p", 3000, 1, max_wait=5)[0]
+    elapsed = time.monotonic() - started
+    ok, wait = coordinator.rate_reserve("p", 3000, 1, max_wait=5)
+    assert ok and wait + elapsed == pytest.approx(1000 / 3000, abs=0.01)
+
+
 def test_locks_and_values(coordinator: Coordinator) -> None:
     lease = coordinator.acquire_lock("poll:x", ttl=5)
     assert lease is not None

@@ -21,6 +21,7 @@ from dispatcher import config
 from dispatcher.cli import build_parser
 from tests.host_commands import API, BEAT, DB_UPGRADE, RUN_ON_HOST, WORKER, host_argv
 from tests.support import PG_URL, REDIS_URL, ROOT, Stack, reset_postgres
+from tests.support import SCHEMA_HEAD as HEAD
 from workers.app import CONTROL_QUEUE, POLL_QUEUE, QUEUES
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -96,13 +97,13 @@ def test_db_upgrade_on_postgres() -> None:
         host_argv(DB_UPGRADE), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert "revision 0002" in result.stdout
+    assert f"revision {HEAD}" in result.stdout
     again = subprocess.run(
         host_argv(DB_UPGRADE, "--json"), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert again.returncode == 0  # idempotent
     data = json.loads(again.stdout)
-    assert data["revision"] == data["was"] == "0002" and "postgres@" in data["database"]
+    assert data["revision"] == data["was"] == HEAD and "postgres@" in data["database"]
 
 
 def test_standalone_beat_drives_the_sweeper(stack: Stack) -> None:

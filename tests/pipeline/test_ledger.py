@@ -16,6 +16,7 @@ from dispatcher.api import IdempotencyConflict
 from dispatcher.decisions import Action, Decision
 from dispatcher.errors import ValidationError
 from dispatcher.status import Status
+from tests.support import SCHEMA_HEAD as HEAD
 from tests.support import Stack
 
 # Far enough ahead that no sweeper releases it during a test.
@@ -25,7 +26,7 @@ LATER = (datetime.now(UTC) + timedelta(days=300)).isoformat()
 def test_migrations_match_the_models(any_stack: Stack) -> None:
     any_stack.configure()
     engine = db.get_engine()
-    assert db.current_revision(engine) == "0002"
+    assert db.current_revision(engine) == HEAD
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
     assert diff == []

@@ -107,5 +107,6 @@ def test_prostor_examples(provider_for: Callable[..., Provider]) -> None:
     queue = provider._reports(provider._doc(reply("prostor", "queue.json")))
     assert [r.status for r in queue] == [Status.DELIVERED, Status.REJECTED]
     balance = provider.parse_balance(reply("prostor", "balance.json"))
-    assert balance.amount == 0.0 and balance.currency == "RUB"
+    # nothing in roubles: the SMS balance on credit is what can be spent
+    assert balance.amount == -508784.0 and balance.currency == "SMS" and balance.spendable == 491216.0
     assert balance.details["SMS"] == {"balance": -508784.0, "credit": 1000000.0}

@@ -95,9 +95,12 @@ def test_balance_credit_is_spendable_and_sends(provider_for: Callable[..., Provi
 
 
 def test_document_balance_example_carries_credit(provider_for: Callable[..., Provider]) -> None:
+    """The example account has nothing in roubles and can still send 491,216 SMS on
+    credit (prostor.md:228-239): that is what routing compares with its threshold."""
     balance = provider_for("prostor").parse_balance(reply(fixture_text("prostor", "balance.json")))
-    assert (balance.amount, balance.credit, balance.currency) == (0.0, 0.0, "RUB")
-    assert balance.details["SMS"] == {"balance": -508784.0, "credit": 1000000.0}
+    assert (balance.amount, balance.credit, balance.currency) == (-508784.0, 1000000.0, "SMS")
+    assert balance.spendable == 491216.0
+    assert balance.details["RUB"] == {"balance": 0.0, "credit": 0.0}
 
 
 # -- 3. too many messages in one request ---------------------------------------------------

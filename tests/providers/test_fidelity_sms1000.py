@@ -170,7 +170,7 @@ def test_sender_breaking_the_rule_fails_over_without_a_call(
     assert problem and f"1000sms.md:{ {'620': 83, '608': 61, '621': 85}[code] }" in problem
     [out] = provider_for("sms1000").send([sms(sender=sender)])  # a message's own sender
     assert type(out.error) is FailoverError and out.error.code == code
-    assert out.error.about == "account" and problem in str(out.error)
+    assert out.error.about == "request" and problem in str(out.error)
     assert sim["sms1000"].state.stats()["requests"] == {}
     # As the configured sender it is refused at start-up, naming the key.
     with pytest.raises(ConfigError) as info:

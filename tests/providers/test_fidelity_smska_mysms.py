@@ -266,7 +266,7 @@ def test_mysms_refused_sender_fails_over_without_a_call(
     outcomes = {o.id: o for o in provider.send([good, bad])}
     assert outcomes[good.id].ok
     err = outcomes[bad.id].error
-    assert isinstance(err, FailoverError) and (err.code, err.about) == ("-11", "account")
+    assert isinstance(err, FailoverError) and (err.code, err.about) == ("-11", "request")
     assert sim["mysms"].state.stats()["requests"] == {"send/json": 1}
     assert list(sim["mysms"].state.received) == ["79161234567|Test message"]
 
