@@ -35,7 +35,7 @@ from dispatcher import ledger
 from dispatcher.config import Settings
 from dispatcher.coordination import Coordinator
 from dispatcher.db import session_scope
-from dispatcher.errors import ProviderError
+from dispatcher.errors import ProviderError, RetryableError
 from dispatcher.models import BALANCES, MESSAGES, utcnow
 from dispatcher.providers import make_provider
 from dispatcher.providers.base import MessageRef, Provider, StatusReport, chunked
@@ -202,30 +202,42 @@ def poll_due(settings: Settings, coordinator: Coordinator, provider: Provider) -
     polled: list[Any] = []
     failed: list[tuple[Any, str]] = []  # (row, error) of messages whose check failed
     in_a_row = 0
+    paused = False
     for chunk in chunked(due, batch):
         wait = coordinator.rate_acquire(name, provider.config.rate_limit)
         while wait > 0:
             time.sleep(min(wait, 1.0))
             wait = coordinator.rate_acquire(name, provider.config.rate_limit)
         refs = [MessageRef(mid, pid, to) for mid, pid, to, _ in chunk]
+        failure: ProviderError | None = None
         try:
             reports.extend(provider.status(refs))
         except ProviderError as exc:
+            failure = exc
+        except Exception as exc:
+            # Not the provider's answer but our failure to read it (an odd reply the
+            # adapter trips on): that message's failure all the same, never a stall.
+            log.exception("reading a status reply of %s failed", name)
+            failure = RetryableError(f"unreadable status reply: {type(exc).__name__}: {exc}",
+                                     provider=name, kind=provider.KIND, http_status=200)  # fmt: skip
+        if failure is not None:
             stats.calls += 1
-            stats.errors.append(str(exc))
-            failed.extend((row, str(exc)) for row in chunk)
+            stats.errors.append(str(failure))
+            failed.extend((row, str(failure)) for row in chunk)
             in_a_row += 1
-            no_reply = exc.http_status is None and exc.code is None
+            no_reply = failure.http_status is None and failure.code is None
             if no_reply or in_a_row >= FAILED_CALLS_IN_A_ROW:
+                paused = True
                 pause = _pause_polling(coordinator, name, pol.interval)
-                log.warning("status polls of %s fail (%s): polling paused for %.0fs", name, exc, pause)
+                log.warning("status polls of %s fail (%s): polling paused for %.0fs", name, failure, pause)
                 break
-            log.warning("status check at %s failed, the message waits its next turn: %s", name, exc)
+            log.warning("status check at %s failed, the message waits its next turn: %s", name, failure)
             continue
         in_a_row = 0
         stats.calls += 1
         polled.extend(chunk)
-    if polled:
+    if polled and not paused:
+        # A round that ended well: the next pause starts short again.
         coordinator.set_value(f"poll_pauses:{name}", "0")
     stats.polled = len(polled)
     stats.changed = apply_reports(name, reports, "poll")

@@ -107,3 +107,34 @@ def test_several_5xx_in_a_row_pause_the_provider(stack: Stack, sim: Simulator) -
     assert "polling paused" in poll_due(settings, coordinator, provider).errors[0]
     rows = _rows(ids)
     assert sum(1 for r in rows.values() if r.last_error) == 3  # the other three were not asked
+
+
+def test_a_pause_grows_even_when_the_round_began_well(stack: Stack, sim: Simulator) -> None:
+    settings = _settings(stack, "smstele")
+    provider, _ = _in_flight(settings, "smstele", [f"7916123456{n}" for n in range(6)])
+    sim["smstele"].state.faults.fail_after = 6 + 2  # the six sends, two status calls, then HTTP 500
+    coordinator = coordinator_for(REDIS_URL)
+    stats = poll_due(settings, coordinator, provider)
+    assert (stats.calls, stats.polled) == (5, 2)  # two answered, then three failed in a row
+    assert coordinator.get_value("poll_pauses:smstele") == "1"  # the next pause is twice as long
+
+
+def test_a_reply_the_adapter_cannot_read_is_that_messages_failure(
+    stack: Stack, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(stack, "smska")
+    provider, ids = _in_flight(settings, "smska", [BROKEN, "79161234560", "79161234561"])
+    read = provider.parse_status
+
+    def trips_on_one(reply: Any, refs: Any) -> Any:
+        if refs[0].to == BROKEN:
+            raise TypeError("an odd reply our reader trips on")
+        return read(reply, refs)
+
+    monkeypatch.setattr(provider, "parse_status", trips_on_one)
+    time.sleep(0.7)
+    stats = poll_due(settings, coordinator_for(REDIS_URL), provider)
+    assert stats.polled == 2 and len(stats.errors) == 1
+    rows = _rows(ids)
+    assert [rows[i].status for i in ids[1:]] == ["delivered", "delivered"]
+    assert "unreadable status reply: TypeError" in rows[ids[0]].last_error
