@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from dispatcher.errors import ConfigError
 from dispatcher.providers import adapter_class, registry
+from dispatcher.providers.base import common_sender_problem
 from dispatcher.redact import register_secret
 from dispatcher.tomlout import to_toml as to_toml  # re-exported: config.to_toml
 
@@ -176,13 +177,10 @@ def _check_url(value: str, key: str, schemes: tuple[str, ...]) -> str:
 
 
 def check_sender(sender: str, key: str) -> str:
-    """The strictest documented sender rule of the five (my-sms.ru: at most 11 Latin
-    or 15 digit characters; prostor and 1000sms say Latin)."""
-    if sender.isdigit():
-        if len(sender) > 15:
-            raise ConfigError(key, "a numeric sender has at most 15 digits")
-    elif not re.fullmatch(r"[A-Za-z0-9 ._-]{1,11}", sender):
-        raise ConfigError(key, "an alphanumeric sender has 1 to 11 Latin letters, digits, space . _ -")
+    """The strictest documented sender rule of the five (``common_sender_problem``)."""
+    problem = common_sender_problem(sender)
+    if problem:
+        raise ConfigError(key, problem)
     return sender
 
 

@@ -11,6 +11,7 @@ HTTP-level errors and redaction, so that no adapter touches ``requests`` itself.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -176,6 +177,17 @@ class WireReply:
     elapsed: float
 
 
+def common_sender_problem(sender: str) -> str | None:
+    """Why ``sender`` breaks the strictest documented sender rule of the five (my-sms.ru:
+    at most 11 Latin or 15 digit characters, my-sms.md:43; prostor and 1000sms say
+    Latin), or None. Intake and the configuration hold every sender to it."""
+    if sender.isdigit():
+        return "a numeric sender has at most 15 digits" if len(sender) > 15 else None
+    if not re.fullmatch(r"[A-Za-z0-9 ._-]{1,11}", sender):
+        return "an alphanumeric sender has 1 to 11 Latin letters, digits, space . _ -"
+    return None
+
+
 def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), max(size, 1)):
         yield items[start : start + size]
@@ -201,6 +213,11 @@ class Provider:
     STATUS_BY_CLIENT_ID: ClassVar[bool] = False
     # True when a send takes a validity/lifetime, filled from ``OutgoingSms.expires_at``.
     VALIDITY: ClassVar[bool] = False
+    # The error code with which the provider refuses a whole request for carrying more
+    # messages than it takes (None: none documented). Nothing was sent then, so ``send``
+    # and ``status`` halve the batch and ask again, and this instance's batches stay at
+    # the size that went through.
+    TOO_MANY_CODE: ClassVar[str | None] = None
     STATUS_MAP: ClassVar[dict[str, Status]] = {}
     ERRORS: ClassVar[dict[str, ErrorRule]] = {}
 
@@ -208,13 +225,15 @@ class Provider:
         self.config = config
         self.name = config.name
         self.session = session or self._new_session()
+        # The most messages a send call may carry, lowered by a TOO_MANY_CODE refusal.
+        self._fits = self.MAX_BATCH
 
     # -- the public surface ----------------------------------------------------------
 
     @property
     def batch_size(self) -> int:
         size = self.config.option("batch_size", self.MAX_BATCH)
-        return max(1, min(int(size), self.MAX_BATCH))
+        return max(1, min(int(size), self.MAX_BATCH, self._fits))
 
     def send(self, messages: Sequence[OutgoingSms]) -> list[SendOutcome]:
         """Send messages, as many per call as the provider takes.
@@ -241,17 +260,30 @@ class Provider:
             # made, so it says nothing about the provider's health.
             error = self.error(code, None, detail=reason, about="request")
             outcomes.append(SendOutcome(msg.id, None, Status.UNKNOWN, code, error=error))
-        batches = [batch for group in groups.values() for batch in chunked(group, self.batch_size)]
-        for n, batch in enumerate(batches):
+        pending = [list(batch) for group in groups.values() for batch in chunked(group, self.batch_size)]
+        calls = 0
+        while pending:
+            batch = pending.pop(0)
+            if len(batch) > self.batch_size:  # a refusal lowered the size meanwhile
+                pending[:0] = [list(b) for b in chunked(batch, self.batch_size)]
+                continue
+            calls += 1
             try:
                 reply = self.call(self.build_send(batch), sending=True)
                 outcomes.extend(self.parse_send(reply, batch))
             except ProviderError as exc:
-                if len(batches) == 1 and not outcomes:
-                    raise
-                outcomes += self.cut_short(exc, batch, [m for later in batches[n + 1 :] for m in later])
+                if self._too_many(exc, batch):
+                    self._fits = min(self._fits, (len(batch) + 1) // 2)
+                    pending.insert(0, batch)
+                    continue
+                if calls == 1 and not pending and not outcomes:
+                    raise  # the whole send was this one call
+                outcomes += self.cut_short(exc, batch, [m for later in pending for m in later])
                 break
         return outcomes
+
+    def _too_many(self, exc: ProviderError, batch: Sequence[Any]) -> bool:
+        return self.TOO_MANY_CODE is not None and exc.code == self.TOO_MANY_CODE and len(batch) > 1
 
     def cut_short(
         self, exc: ProviderError, failed: Sequence[OutgoingSms], not_made: Sequence[OutgoingSms]
@@ -278,9 +310,17 @@ class Provider:
 
     def status(self, refs: Sequence[MessageRef]) -> list[StatusReport]:
         reports: list[StatusReport] = []
-        for batch in chunked(refs, self.status_batch):
-            reply = self.call(self.build_status(batch), sending=False)
-            reports.extend(self.parse_status(reply, batch))
+        pending = [list(batch) for batch in chunked(refs, self.status_batch)]
+        while pending:
+            batch = pending.pop(0)
+            try:
+                reply = self.call(self.build_status(batch), sending=False)
+                reports.extend(self.parse_status(reply, batch))
+            except ProviderError as exc:
+                if not self._too_many(exc, batch):
+                    raise
+                half = (len(batch) + 1) // 2
+                pending[:0] = [batch[:half], batch[half:]]
         return reports
 
     def balance(self) -> Balance:
@@ -516,6 +556,17 @@ def read_xml(provider: Provider, reply: WireReply) -> Any:
         return ET.fromstring(reply.body.strip().encode("utf-8"))
     except ET.ParseError as exc:
         provider.malformed(reply, f"not XML ({exc})")
+
+
+def parse_count(value: Any) -> int | None:
+    """A count (parts, messages) printed as a number or a string of digits; None when
+    it is neither, or not above zero."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
 
 
 def parse_amount(value: Any) -> float | None:

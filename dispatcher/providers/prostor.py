@@ -25,9 +25,9 @@ import json
 import re
 from collections.abc import Hashable, Sequence
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from dispatcher.errors import Action, ProviderError
+from dispatcher.errors import Action
 from dispatcher.providers.base import (
     Balance,
     ErrorRule,
@@ -39,17 +39,12 @@ from dispatcher.providers.base import (
     StatusReport,
     WireReply,
     WireRequest,
-    chunked,
     int_range,
     parse_amount,
+    parse_count,
     read_json,
 )
 from dispatcher.status import Status
-
-if TYPE_CHECKING:
-    import requests
-
-    from dispatcher.config import ProviderConfig
 
 R, F, J = Action.RETRY, Action.FAILOVER, Action.REJECT
 TOO_MANY = "too many messages"
@@ -76,13 +71,6 @@ def _text(value: Any) -> str | None:
     return str(value).strip() or None
 
 
-def _count(value: Any) -> int | None:
-    try:
-        return int(float(str(value)))
-    except (ValueError, OverflowError):
-        return None
-
-
 class Prostor(Provider):
     HAS_STATUS_QUEUE = True
     KIND = "prostor"
@@ -94,6 +82,9 @@ class Prostor(Provider):
     }
     MAX_BATCH = 200
     MAX_STATUS_BATCH = 200
+    # Over the per-request limit (prostor.md:17,96) the whole request is refused:
+    # the base class halves the batch and sends it again.
+    TOO_MANY_CODE = TOO_MANY
     MAX_QUEUE_DRAIN = 1000
     # send.json takes no lifetime: its parameters (prostor.md:52-62) are login,
     # password, scheduleTime, statusQueueName, showBillingDetails and per message
@@ -144,12 +135,6 @@ class Prostor(Provider):
         "service unavailable": ErrorRule(R, "service temporarily unavailable", _OURS),
     }
 
-    def __init__(self, config: ProviderConfig, session: requests.Session | None = None) -> None:
-        super().__init__(config, session)
-        # The most messages a request may carry, lowered when the server refuses a
-        # batch as too many: later batches go at the size that was last let through.
-        self._fits = self.MAX_BATCH
-
     def group_key(self, msg: OutgoingSms) -> Hashable:
         # scheduleTime belongs to the request, not to a message (prostor.md:25).
         return msg.at
@@ -163,41 +148,6 @@ class Prostor(Provider):
         return {"login": self.config.login, "password": self.config.password, **fields}
 
     # -- send -------------------------------------------------------------------------
-
-    def send(self, messages: Sequence[OutgoingSms]) -> list[SendOutcome]:
-        """Send in batches; a batch refused as too many is halved and sent again.
-
-        A refused request sent nothing (status "error" is the whole packet's,
-        prostor.md:88), so resending its halves cannot duplicate a message. As in the
-        base class, only a send that was one call raises; otherwise a failed call's
-        messages carry its error, the answered ones keep their outcomes, and the calls
-        not made come back not sent (never in doubt).
-        """
-        groups: dict[Hashable, list[OutgoingSms]] = {}
-        for msg in messages:
-            groups.setdefault(self.group_key(msg), []).append(msg)
-        pending = [list(b) for g in groups.values() for b in chunked(g, min(self.batch_size, self._fits))]
-        outcomes: list[SendOutcome] = []
-        calls = 0
-        while pending:
-            batch = pending.pop(0)
-            if len(batch) > self._fits:
-                pending[:0] = [list(b) for b in chunked(batch, self._fits)]
-                continue
-            calls += 1
-            try:
-                reply = self.call(self.build_send(batch), sending=True)
-                outcomes.extend(self.parse_send(reply, batch))
-            except ProviderError as exc:
-                if exc.code == TOO_MANY and len(batch) > 1:
-                    self._fits = min(self._fits, (len(batch) + 1) // 2)
-                    pending[:0] = [batch[: self._fits], batch[self._fits :]]
-                    continue
-                if calls == 1 and not pending:
-                    raise  # the whole send was this one call
-                outcomes += self.cut_short(exc, batch, [m for b in pending for m in b])
-                break
-        return outcomes
 
     def build_send(self, batch: Sequence[OutgoingSms]) -> WireRequest:
         messages = []
@@ -258,29 +208,13 @@ class Prostor(Provider):
                     smsc_id,
                     self.map_status(word),
                     word,
-                    segments=_count(billing.get("smsCount")),
+                    segments=parse_count(billing.get("smsCount")),
                     cost=parse_amount(billing.get("msgCost")),
                 )
             )
         return outcomes
 
     # -- status -----------------------------------------------------------------------
-
-    def status(self, refs: Sequence[MessageRef]) -> list[StatusReport]:
-        # status.json has the same 200 limit (prostor.md:96): halve a refused batch too.
-        reports: list[StatusReport] = []
-        pending = [list(b) for b in chunked(refs, self.status_batch)]
-        while pending:
-            batch = pending.pop(0)
-            try:
-                reply = self.call(self.build_status(batch), sending=False)
-                reports.extend(self.parse_status(reply, batch))
-            except ProviderError as exc:
-                if exc.code != TOO_MANY or len(batch) == 1:
-                    raise
-                half = (len(batch) + 1) // 2
-                pending[:0] = [batch[:half], batch[half:]]
-        return reports
 
     def build_status(self, refs: Sequence[MessageRef]) -> WireRequest:
         messages = []

@@ -111,7 +111,7 @@ def port_offset(name: str) -> int:
 
 
 # -- the kinds --------------------------------------------------------------------------
-# One line per provider. The simulator's path is the base URL the document prints.
+# One registration per provider. The simulator's path is the base URL the document prints.
 
 register(
     Kind("mysms", "dispatcher.providers.mysms:MySms", "dispatcher.simulator.mysms:MySmsSim", "/rest/sms/")
@@ -150,4 +150,3 @@ register(
         demo_options=MappingProxyType({"status_queue": "smsdispatch"}),
     )
 )
-# fmt: skip

@@ -35,6 +35,7 @@ from dispatcher.providers.base import (
     WireRequest,
     one_of,
     parse_amount,
+    parse_count,
     read_json,
     read_xml,
 )
@@ -205,7 +206,7 @@ class Sms1000(Provider):
         pid = "" if raw_id is None or isinstance(raw_id, bool) else str(raw_id).strip()
         if not pid:
             self.malformed(reply, "no message id in data")
-        parts = _count(data.get("n_raw_sms"))
+        parts = parse_count(data.get("n_raw_sms"))
         # `credits` is the price of *one part* (1000sms.md:117); the message costs
         # that times the parts (1000sms.md:119).
         per_part = parse_amount(data.get("credits"))
@@ -240,13 +241,3 @@ class Sms1000(Provider):
             self.malformed(reply, "no credits in profile")
         currency = data.get("currency") or data.get("credits_name") or None
         return Balance(amount, currency, {"credits_used": data.get("credits_used")})
-
-
-def _count(value: Any) -> int | None:
-    """A count printed as a number or a string of digits; None when it is neither."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value if value is not None else "").strip()
-    return int(text) if text.isdigit() and int(text) > 0 else None

@@ -31,6 +31,7 @@ from dispatcher.providers.base import (
     WireRequest,
     int_range,
     one_of,
+    parse_count,
     read_json,
 )
 from dispatcher.status import Status
@@ -130,11 +131,6 @@ def _flag(value: Any) -> str | None:
     return None if value is None else ("1" if value else "0")
 
 
-def _parts(item: dict[str, Any]) -> int | None:
-    parts = str(item.get("cnt", "")).strip()
-    return int(parts) if parts.isdigit() else None
-
-
 def _uncounted_refused(total: Any, items: list[dict[str, Any]]) -> bool:
     """True when the top-level `cnt` leaves out the entries without an operator, i.e.
     those phones were refused.
@@ -152,7 +148,7 @@ def _uncounted_refused(total: Any, items: list[dict[str, Any]]) -> bool:
     with_operator = [item for item in items if item.get("operator")]
     if not text.isdigit() or len(with_operator) == len(items):
         return False
-    parts = sum(_parts(item) or 1 for item in with_operator)
+    parts = sum(parse_count(item.get("cnt")) or 1 for item in with_operator)
     return int(text) in (len(with_operator), parts)
 
 
@@ -302,9 +298,7 @@ class SmsTele(Provider):
             if code == "-24" and "phones" in description:
                 # The example's reading of -24 (smstele.md:151-157): we sent the
                 # message's number and the server found none in it, as with -25.
-                err = self.error(code, reply, detail=description, action=Action.REJECT)
-                err.about = "message"
-                raise err
+                raise self.error(code, reply, detail=description, action=Action.REJECT, about="message")
             raise self.error(code, reply, detail=description)
 
     def parse_send(self, reply: WireReply, batch: Sequence[OutgoingSms]) -> list[SendOutcome]:
@@ -350,7 +344,8 @@ class SmsTele(Provider):
             else:
                 # An entry's `cnt` is its text's parts (smstele.md:175, "1" for a short
                 # text even on a bad phone, smstele.md:262). No reply carries a cost.
-                outcomes.append(SendOutcome(msg.id, call_id, Status.ACCEPTED, status, segments=_parts(item)))
+                parts = parse_count(item.get("cnt"))
+                outcomes.append(SendOutcome(msg.id, call_id, Status.ACCEPTED, status, segments=parts))
         return outcomes
 
     def _reports(self, doc: Any, reply: WireReply, ref: MessageRef) -> list[StatusReport]:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from dispatcher.segments import count_parts
 
+FINAL_STAGES = ("delivered", "undelivered", "expired")
 INVALID_PREFIX = "7000"
 UNDELIVERED_SUFFIX = "0000"
 SILENT_SUFFIX = "9999"
@@ -62,8 +63,11 @@ class SimMessage:
     sender: str
     segments: int
     created: float
-    stage: str = "accepted"  # accepted | sent | delivered | undelivered
+    stage: str = "accepted"  # accepted | sent | delivered | undelivered | expired
     queue: str = ""
+    # Monotonic time the lifetime the request asked for (a validity, a TTL) runs out;
+    # not delivered after it.
+    lifetime_ends: float | None = None
 
 
 @dataclass
@@ -137,12 +141,25 @@ class SimState:
         return parts, cost
 
     def accept(
-        self, phone: str, text: str, sender: str, client_id: str = "", queue: str = "", style: str = "hex"
+        self,
+        phone: str,
+        text: str,
+        sender: str,
+        client_id: str = "",
+        queue: str = "",
+        style: str = "hex",
+        lifetime: float | None = None,
     ) -> SimMessage:
+        """Take a message; it moves on over time (``Timing``). With a ``lifetime`` (the
+        validity or TTL the request asked for) it ends ``expired`` if that runs out
+        before its final status comes."""
         now = time.monotonic()
         with self.lock:
             pid = self.new_id(style)
             msg = SimMessage(pid, client_id, phone, text, sender, max(count_parts(text), 1), now, queue=queue)
+            if lifetime is not None:
+                msg.lifetime_ends = now + lifetime
+                heapq.heappush(self._events, (msg.lifetime_ends, next(self._seq), pid, "expired"))
             self.messages[pid] = msg
             if client_id:
                 self.by_client.setdefault(client_id, []).append(pid)
@@ -166,7 +183,7 @@ class SimState:
             while self._events and self._events[0][0] <= now:
                 _, _, pid, stage = heapq.heappop(self._events)
                 msg = self.messages.get(pid)
-                if msg is None or msg.stage in ("delivered", "undelivered") or msg.stage == stage:
+                if msg is None or msg.stage in FINAL_STAGES or msg.stage == stage:
                     continue
                 msg.stage = stage
                 self._push_queue(msg)

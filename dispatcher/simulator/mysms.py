@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 import xml.etree.ElementTree as ET
 from datetime import datetime
 from typing import Any, ClassVar
 
-from dispatcher.simulator.base import SILENT_SUFFIX, SimProvider, SimRequest, SimResponse, SimState
+from dispatcher.simulator.base import SimProvider, SimRequest, SimResponse, SimState
 from dispatcher.simulator.common import phone_ok, sender_ok
 
 XSI = 'xmlns:i="http://www.w3.org/2001/XMLSchema-instance"'
@@ -17,7 +16,7 @@ _REQUEST_LEVEL = {"-1", "-50", "-51", "-52"}
 # The document lists no "undelivered" or "expired" state (my-sms.md:588-598): a
 # message that does not reach the phone, or outlives its TTL, ends on -14 "error
 # while sending the message".
-_STAGE = {"accepted": "2", "sent": "3", "delivered": "4", "undelivered": "-14"}
+_STAGE = {"accepted": "2", "sent": "3", "delivered": "4", "undelivered": "-14", "expired": "-14"}
 _TTL_UNITS = {"minutes": 60, "seconds": 1}
 _KEEP_TTLS = 10_000
 
@@ -36,24 +35,9 @@ class MySmsSim(SimProvider):
     def __init__(self, state: SimState) -> None:
         super().__init__(state)
         self._lock = threading.Lock()
-        # pid -> monotonic time its TTL ends, for messages it ends before delivery.
-        self._expiring: dict[str, float] = {}
         # pid -> the ttl as received, for tests; the latest few only, so that a long
         # load run does not grow it without end.
         self.ttls: dict[str, str] = {}
-
-    def _expire_due(self) -> None:
-        """Messages whose TTL has ended undelivered end on -14 and are never delivered."""
-        now = time.monotonic()
-        with self._lock:
-            due = [pid for pid, at in self._expiring.items() if at <= now]
-            for pid in due:
-                del self._expiring[pid]
-        with self.state.lock:
-            for pid in due:
-                msg = self.state.messages.get(pid)
-                if msg is not None:
-                    msg.stage = "undelivered"
 
     def _state_of(self, pid: str) -> str:
         msg = self.state.get(pid)
@@ -77,7 +61,6 @@ class MySmsSim(SimProvider):
         if parsed is None:
             return SimResponse(400, "Bad Request", "text/plain")
         login, password, items = parsed
-        self._expire_due()
         if not self.state.auth_ok(login, password):
             return self._reply(req, "-1", [], None)
         if method == "credit":
@@ -114,20 +97,14 @@ class MySmsSim(SimProvider):
             return "", "-16"
         if self.state.charge(text) is None:
             return "", "-13"
-        msg = self.state.accept(phone, text, source, style="uuid")
+        lifetime = int(ttl) * _TTL_UNITS[str(self.state.quirk("ttl_unit"))] if ttl else None
+        msg = self.state.accept(phone, text, source, style="uuid", lifetime=lifetime)
         if ttl:
-            self._track_ttl(msg.pid, phone, msg.created, ttl)
+            with self._lock:
+                self.ttls[msg.pid] = ttl
+                if len(self.ttls) > _KEEP_TTLS:
+                    del self.ttls[next(iter(self.ttls))]
         return msg.pid, "2"
-
-    def _track_ttl(self, pid: str, phone: str, created: float, ttl: str) -> None:
-        ends = created + int(ttl) * _TTL_UNITS[str(self.state.quirk("ttl_unit"))]
-        delivered_at = created + self.state.timing.final_after
-        with self._lock:
-            self.ttls[pid] = ttl
-            if len(self.ttls) > _KEEP_TTLS:
-                del self.ttls[next(iter(self.ttls))]
-            if ends < delivered_at or phone.endswith(SILENT_SUFFIX):
-                self._expiring[pid] = ends
 
     def _parse(self, req: SimRequest, fmt: str) -> tuple[str, str, list[dict[str, str]]] | None:
         if req.method == "GET":

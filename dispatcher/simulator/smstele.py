@@ -3,25 +3,27 @@ request's charset (windows-1251 unless told), JSON replies."""
 
 from __future__ import annotations
 
-import math
 import re
-import time
 from datetime import datetime
 from typing import Any, ClassVar
 
 from dispatcher.segments import MAX_PARTS, count_parts
 from dispatcher.simulator.base import (
-    SILENT_SUFFIX,
-    SimMessage,
     SimProvider,
     SimRequest,
     SimResponse,
-    SimState,
 )
 from dispatcher.simulator.common import operator_of, phone_ok, sender_ok
 
 CHARSETS = {"windows-1251": "cp1251", "utf-8": "utf-8", "koi8-r": "koi8-r"}
-_STAT = {"accepted": "ACCEPTD", "sent": "ENROUTE", "delivered": "DELIVRD", "undelivered": "UNDELIV"}
+_STAT = {
+    "accepted": "ACCEPTD",
+    "sent": "ENROUTE",
+    "delivered": "DELIVRD",
+    "undelivered": "UNDELIV",
+    # its validity ran out before it was delivered
+    "expired": "EXPIRED",
+}
 # A 25-character id is taken (smstele.md:231,338), a 71-character one refused with -35
 # (smstele.md:106,136-139); every id the document shows is lowercase letters, digits
 # and hyphens. We take the strictest reading of both.
@@ -41,11 +43,6 @@ class SmsTeleSim(SimProvider):
         # "messages" taken (2 of 4 in smstele.md:240) or SMS "parts" charged, as smsc.ru's.
         "total_cnt": "messages",
     }
-
-    def __init__(self, state: SimState) -> None:
-        super().__init__(state)
-        # pid -> (monotonic time its validity runs out, time its final status comes)
-        self._validity: dict[str, tuple[float, float]] = {}
 
     def charset_of(self, raw_fields: dict[str, str]) -> str:
         # windows-1251 when the request says nothing (smstele.md:68)
@@ -120,8 +117,7 @@ class SmsTeleSim(SimProvider):
                 # in the top-level cnt (smstele.md:225-288).
                 entries.append(self._entry(client_id, phone, str(parts), ("", "", "")))
                 continue
-            msg = self.state.accept(phone, text, sender, client_id=client_id)
-            self._expire_after(msg, validity)
+            msg = self.state.accept(phone, text, sender, client_id=client_id, lifetime=validity)
             counted += 1 if self.state.quirk("total_cnt") == "messages" else msg.segments
             entries.append(self._entry(client_id, phone, str(msg.segments), operator_of(phone)))
         return self.json_reply({"id": client_id, "cnt": str(counted), "messages": entries})
@@ -141,26 +137,6 @@ class SmsTeleSim(SimProvider):
                 minutes = int(value) * 60 if value.isdigit() else 0
             return minutes * 60 if 60 <= minutes <= 24 * 60 else None
         return int(value) if value.isdigit() and 1 <= int(value) <= 86400 else None
-
-    def _expire_after(self, msg: SimMessage, validity: int | None) -> None:
-        if validity is None:
-            return
-        if len(self._validity) > 2 * len(self.state.messages) + 1000:
-            # SimState.reset() forgets its messages without telling us: forget theirs.
-            with self.state.lock:
-                self._validity = {p: v for p, v in self._validity.items() if p in self.state.messages}
-        final = math.inf if msg.phone.endswith(SILENT_SUFFIX) else msg.created + self.state.timing.final_after
-        self._validity[msg.pid] = (msg.created + validity, final)
-
-    def _stat(self, msg: SimMessage) -> str:
-        # A message whose validity ran out before its final status came is not
-        # delivered after it: it ends EXPIRED.
-        ends = self._validity.get(msg.pid)
-        if ends is not None:
-            runs_out, final = ends
-            if final > runs_out and time.monotonic() >= runs_out:
-                return "EXPIRED"
-        return _STAT[msg.stage]
 
     @staticmethod
     def _entry(client_id: str, phone: str, cnt: str, op: tuple[str, str, str]) -> dict[str, Any]:
@@ -200,7 +176,7 @@ class SmsTeleSim(SimProvider):
                     # "-99" beside the real state in `stat`, as the document shows it.
                     "status": "-99",
                     "err": "-99",
-                    "stat": self._stat(m),
+                    "stat": _STAT[m.stage],
                     "type": "1",
                     "send_timestamp": "",
                     "last_timestamp": "",

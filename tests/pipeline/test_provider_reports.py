@@ -15,7 +15,6 @@ from dispatcher.coordination import coordinator_for
 from dispatcher.ops import provider_rows
 from dispatcher.sending import SendPipeline
 from dispatcher.simulator.core import Simulator
-from dispatcher.simulator.smstele import SmsTeleSim
 from dispatcher.tracking import read_balances
 from tests.host_commands import STATUS, host_argv
 from tests.support import REDIS_URL, Stack
@@ -103,12 +102,9 @@ def test_our_ttl_goes_to_a_provider_that_takes_a_validity(stack: Stack, sim: Sim
         mid = api.send_sms("79161234567", "valid for five minutes", ttl=300)
         p.process(mid)
         assert (api.get_message(mid) or {})["status"] == "accepted"
-        server = sim["smstele"].sim
-        assert isinstance(server, SmsTeleSim)
-        # pid -> (when its validity runs out, ...), of this test's message only
-        state = sim["smstele"].state
-        [(pid, (runs_out, _))] = [(p, v) for p, v in server._validity.items() if p in state.messages]
-        lifetime = runs_out - sim["smstele"].state.messages[pid].created
+        [taken] = sim["smstele"].state.messages.values()
+        assert taken.lifetime_ends is not None  # the validity the request asked for
+        lifetime = taken.lifetime_ends - taken.created
         assert 290 <= lifetime <= 300  # what was left of the TTL, never more
     finally:
         p.close()
