@@ -218,7 +218,7 @@ def poll_due(settings: Settings, coordinator: Coordinator, provider: Provider) -
             # Not the provider's answer but our failure to read it (an odd reply the
             # adapter trips on): that message's failure all the same, never a stall.
             log.exception("reading a status reply of %s failed", name)
-            failure = RetryableError(f"unreadable status reply: {type(exc).__name__}: {exc}",
+            failure = RetryableError(redact(f"unreadable status reply: {type(exc).__name__}: {exc}"),
                                      provider=name, kind=provider.KIND, http_status=200)  # fmt: skip
         if failure is not None:
             stats.calls += 1
