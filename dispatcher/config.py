@@ -115,6 +115,17 @@ class PollingConfig:
 
 
 @dataclass(frozen=True)
+class PhonesConfig:
+    """How recipients' numbers are read (libphonenumber's metadata)."""
+
+    # The region a number without a country code is read in: 8 916 ... is Russian.
+    default_region: str = "RU"
+    # Regions we send to; "*" allows every region. SMS abroad cost many times more
+    # and are where SMS pumping fraud sends one-time codes, so the default is Russia.
+    allowed_regions: tuple[str, ...] = ("RU",)
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     broker_url: str = DEFAULT_BROKER_URL
@@ -123,6 +134,7 @@ class Settings:
     flower: FlowerConfig = field(default_factory=FlowerConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     polling: PollingConfig = field(default_factory=PollingConfig)
+    phones: PhonesConfig = field(default_factory=PhonesConfig)
     source: str = "defaults"  # where the settings came from, for `doctor` and errors
 
     def provider(self, name: str) -> ProviderConfig:
@@ -324,10 +336,33 @@ def _section(data: Mapping[str, Any], name: str, cls: type[Any]) -> Any:
     return cls(**values)
 
 
+def _phones(data: Mapping[str, Any]) -> PhonesConfig:
+    import phonenumbers
+
+    table = data.get("phones", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError("phones", "expected a table")
+    _reject_unknown(table, {"default_region", "allowed_regions"}, "phones.")
+    known = phonenumbers.SUPPORTED_REGIONS
+    unknown = "not a two-letter region code libphonenumber knows"
+    region = _take(table, "default_region", "phones.", str, "RU")
+    if region not in known:
+        raise ConfigError("phones.default_region", f"{unknown}: {region!r}")
+    allowed = table.get("allowed_regions", ["RU"])
+    if not isinstance(allowed, list) or not allowed or not all(isinstance(r, str) for r in allowed):
+        raise ConfigError("phones.allowed_regions", 'expected a non-empty list of region codes, or ["*"]')
+    for r in allowed:
+        if r != "*" and r not in known:
+            raise ConfigError("phones.allowed_regions", f"{unknown}: {r!r}")
+    return PhonesConfig(default_region=region, allowed_regions=tuple(allowed))
+
+
 def parse(data: Mapping[str, Any], source: str = "<dict>") -> Settings:
     """Validate a configuration mapping (the TOML document) into ``Settings``."""
     _reject_unknown(
-        data, {"database_url", "broker_url", "providers", "api", "flower", "pipeline", "polling"}, ""
+        data,
+        {"database_url", "broker_url", "providers", "api", "flower", "pipeline", "polling", "phones"},
+        "",
     )
     database_url = _take(data, "database_url", "", str, DEFAULT_DATABASE_URL)
     broker_url = _take(data, "broker_url", "", str, DEFAULT_BROKER_URL)
@@ -343,6 +378,7 @@ def parse(data: Mapping[str, Any], source: str = "<dict>") -> Settings:
         flower=_section(data, "flower", FlowerConfig),
         pipeline=_section(data, "pipeline", PipelineConfig),
         polling=_section(data, "polling", PollingConfig),
+        phones=_phones(data),
         source=source,
     )
 

@@ -61,6 +61,24 @@ class Message(MessageBase, table=True):
     next_poll_at: datetime | None = None
     polls: int = 0
     last_error: str | None = Field(default=None, sa_column=Column(Text))
+    # The recipient's region (ISO 3166 code libphonenumber gives its number), `to`
+    # being its E.164 digits without the +.
+    region: str | None = Field(default=None, max_length=2)
+    # An operator asked to cancel it while a call for it was in doubt or in flight:
+    # the send path settles that call first, then cancels instead of sending again.
+    cancel_requested_at: datetime | None = None
+
+
+class BulkRequest(SQLModel, table=True):
+    """A bulk call's Idempotency-Key, tied to the hash of its whole payload: the same
+    key with another payload is a conflict, the same payload answers the same ids."""
+
+    __tablename__ = "bulk_requests"
+
+    key: str = Field(primary_key=True, max_length=200)
+    payload_hash: str = Field(max_length=64)
+    message_ids: str = Field(sa_column=Column(Text, nullable=False))  # JSON list, in order
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class Attempt(SQLModel, table=True):
@@ -126,3 +144,4 @@ MESSAGES = _table(Message)
 ATTEMPTS = _table(Attempt)
 EVENTS = _table(StatusEvent)
 BALANCES = _table(BalanceReading)
+BULK_REQUESTS = _table(BulkRequest)

@@ -39,17 +39,26 @@ class NewMessage:
     provider: str | None
     parts: int
     encoding: str
+    # The request as the client gave it, for idempotency: `at` as an instant (send_at
+    # is None once it has passed) and `ttl` (expires_at is derived from the time).
+    requested_at: datetime | None = None
+    requested_ttl: float | None = None
 
     def payload_hash(self) -> str:
-        """What idempotency compares: the same key must come with the same payload."""
-        payload = {
+        """What idempotency compares: the same key must come with the same payload.
+
+        Only what the client gave goes in, never a value derived from the clock: the
+        identical request sent again after its ``at`` has passed is the same request."""
+        payload: dict[str, Any] = {
             "to": self.to,
             "text": self.text,
             "sender": self.sender,
-            "send_at": self.send_at.isoformat() if self.send_at else None,
+            "send_at": self.requested_at.isoformat() if self.requested_at else None,
             "priority": self.priority,
             "provider": self.provider,
         }
+        if self.requested_ttl is not None:  # absent before: hashes of requests without it stay
+            payload["ttl"] = self.requested_ttl
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -180,4 +189,6 @@ def validate(
         provider=provider,
         parts=parts,
         encoding=encoding(text),
+        requested_at=send_at,
+        requested_ttl=None if ttl is None else float(ttl),
     )
