@@ -8,16 +8,20 @@ so a message accepted here is never lost.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from dispatcher import ledger
 from dispatcher.config import Settings, get_settings
 from dispatcher.db import session_scope
 from dispatcher.errors import ValidationError
+from dispatcher.models import utcnow
 from dispatcher.validation import NewMessage, validate
 
 log = logging.getLogger("smsdispatch.api")
@@ -58,24 +62,56 @@ def _validate_many(settings: Settings, messages: Iterable[Mapping[str, Any]], bu
 
 
 def store(
-    items: Sequence[NewMessage], *, source: str = "producer", bulk: bool = False
+    items: Sequence[NewMessage], *, source: str = "producer", bulk: bool = False, bulk_key: str | None = None
 ) -> tuple[list[str], list[int]]:
     """Commit validated messages, honouring idempotency keys. Returns the id of each
-    item and the indexes of the ones newly stored (the others existed already)."""
-    for _ in range(3):
+    item and the indexes of the ones newly stored (the others existed already).
+    ``bulk_key``: the call's own key, tied to the hash of all its items."""
+    for _ in range(_STORE_TRIES):
         try:
-            return _store_once(items, source, bulk)
+            return _store_once(items, source, bulk, bulk_key)
         except IntegrityError:
             # Another producer stored the same key between our look-up and insert:
             # look again, and this time the existing row answers.
             continue
+        except DBAPIError as exc:
+            # Two overlapping bulk calls on PostgreSQL: the rows are inserted in key
+            # order so that they queue rather than deadlock, but a serialization
+            # failure or deadlock is still the database asking us to run it again.
+            if getattr(exc.orig, "sqlstate", None) not in _RUN_AGAIN:
+                raise
+            continue
     raise RuntimeError("could not store messages: idempotency keys kept colliding")
 
 
-def _store_once(items: Sequence[NewMessage], source: str, bulk: bool) -> tuple[list[str], list[int]]:
+_STORE_TRIES = 5
+_RUN_AGAIN = {"40P01", "40001"}  # deadlock_detected, serialization_failure
+
+
+def bulk_hash(items: Sequence[NewMessage]) -> str:
+    """The whole payload of a bulk call: every item as it was given, in order."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(f"{item.key or ''}\x00{item.payload_hash()}\n".encode())
+    return digest.hexdigest()
+
+
+def _store_once(
+    items: Sequence[NewMessage], source: str, bulk: bool, bulk_key: str | None
+) -> tuple[list[str], list[int]]:
     ids: list[str | None] = [None] * len(items)
     fresh: list[int] = []
     with session_scope() as s:
+        if bulk_key is not None:
+            whole = bulk_hash(items)
+            known = ledger.find_bulk_request(s, bulk_key)
+            if known is not None:
+                if known.payload_hash != whole:
+                    first = f"{known.created_at:%Y-%m-%d %H:%M:%S} UTC"
+                    raise IdempotencyConflict(
+                        "Idempotency-Key", f"already used for a different bulk payload (first used {first})"
+                    )
+                return list(json.loads(known.message_ids)), []
         existing = ledger.find_by_keys(s, {i.key for i in items if i.key})
         first_of_key: dict[str, int] = {}
         for n, item in enumerate(items):
@@ -97,13 +133,19 @@ def _store_once(items: Sequence[NewMessage], source: str, bulk: bool) -> tuple[l
                 if item.key:
                     first_of_key[item.key] = n
                 fresh.append(n)
-        new_ids = ledger.insert_messages(s, [items[n] for n in fresh], source=source)
-    for n, mid in zip(fresh, new_ids, strict=True):
-        ids[n] = mid
-    for n, item in enumerate(items):
-        if ids[n] is None and item.key:
-            ids[n] = ids[first_of_key[item.key]]
-    return [i for i in ids if i is not None], fresh
+        # Keyed rows in key order: two calls that share keys then take the unique
+        # index's locks in the same order, and the second waits instead of deadlocking.
+        order = sorted(fresh, key=lambda n: (items[n].key is None, items[n].key or ""))
+        new_ids = ledger.insert_messages(s, [items[n] for n in order], source=source)
+        for n, mid in zip(order, new_ids, strict=True):
+            ids[n] = mid
+        for n, item in enumerate(items):
+            if ids[n] is None and item.key:
+                ids[n] = ids[first_of_key[item.key]]
+        done = [i for i in ids if i is not None]
+        if bulk_key is not None:
+            ledger.add_bulk_request(s, bulk_key, whole, done)
+    return done, sorted(fresh)
 
 
 def _publish(items: Sequence[NewMessage], ids: Sequence[str], fresh: Sequence[int]) -> None:
@@ -158,20 +200,39 @@ def send_sms(
     return ids[0]
 
 
-def send_bulk(messages: Iterable[Mapping[str, Any]]) -> list[str]:
+def send_bulk(messages: Iterable[Mapping[str, Any]], *, key: str | None = None) -> list[str]:
     """Queue many SMS in one transaction and one publish round; returns their ids in
-    order. Every message is validated first: one bad message stores none."""
+    order. Every message is validated first: one bad message stores none.
+
+    ``key`` is the call's idempotency key (HTTP ``Idempotency-Key``): a message
+    without its own key gets ``KEY:N``; the same call again answers the same ids and
+    sends nothing new, and the key with any other payload (a superset included) is
+    an ``IdempotencyConflict``."""
     settings = get_settings()
-    items = _validate_many(settings, list(messages), bulk=True)
-    ids, fresh = store(items, bulk=True)
+    listed = list(messages)
+    if key is not None:
+        if not isinstance(key, str) or not key or len(key) > 190 or any(ord(c) < 32 for c in key):
+            raise ValidationError("Idempotency-Key", "expected 1 to 190 printable characters")
+        listed = [
+            {**fields, "key": f"{key}:{n}"} if isinstance(fields, Mapping) and "key" not in fields else fields
+            for n, fields in enumerate(listed)
+        ]
+    items = _validate_many(settings, listed, bulk=True)
+    ids, fresh = store(items, bulk=True, bulk_key=key)
     _publish(items, ids, fresh)
     return ids
 
 
-def create_from_task(fields: Mapping[str, Any]) -> str:
+def create_from_task(fields: Mapping[str, Any], *, task_id: str | None = None) -> str:
     """For ``send_task("smsdispatch.send", kwargs=...)`` from apps that do not import
-    us: the same validation and idempotency, stored by the worker itself."""
+    us: the same validation and idempotency, stored by the worker itself.
+
+    Without a ``key`` of its own the message is keyed by the task id
+    (``task:ID``): a task redelivered after its worker died, or retried after the
+    database failed at commit, finds the message it stored and stores no second."""
     settings = get_settings()
+    if task_id and isinstance(fields, Mapping) and fields.get("key") is None:
+        fields = {**fields, "key": f"task:{task_id}"}
     [item] = _validate_many(settings, [fields], bulk=False)
     ids, _ = store([item], source="task")
     return ids[0]
@@ -196,25 +257,79 @@ def get_message(message_id: str) -> dict[str, Any] | None:
     return data
 
 
-def cancel_message(message_id: str) -> str | None:
-    """Cancel a message that has not gone out (queued or scheduled): it ends
-    ``failed``. Returns the old status, or None when it could not be cancelled."""
+@dataclass(frozen=True)
+class Cancel:
+    """What an operator's cancel came to.
+
+    ``outcome``: ``cancelled`` (it ends ``failed`` and is never sent), ``requested``
+    (a call for it is in doubt or in flight: once that call is settled, it is
+    cancelled unless the provider has it, in which case it is tracked as sent),
+    ``refused`` (it has gone out or is final), ``missing``."""
+
+    outcome: str
+    old: str | None  # its status before the cancel
+    status: str | None  # its status now
+    reason: str
+
+
+def cancel(message_id: str) -> Cancel:
+    """Cancel a message that has not gone out. A ``queued`` message whose last call
+    is in doubt (no reply came: the provider may have it) is not marked failed on
+    the spot, which would be a lie if the provider then delivers it: the cancel is
+    recorded and the send path settles the doubt first."""
     from dispatcher.status import OPERATOR_CANCEL_FROM, Status
 
     with session_scope() as s:
-        old = ledger.transition(
-            s, message_id, Status.FAILED, source="operator", expect=OPERATOR_CANCEL_FROM,
-            detail="cancelled by the operator", fields={"last_error": "cancelled by the operator"},
+        msg = ledger.get(s, message_id)
+        if msg is None:
+            return Cancel("missing", None, None, f"no message {message_id}")
+        current = Status(msg.status)
+        doubt = ledger.open_attempts(s, [message_id]).get(message_id) if current == Status.QUEUED else None
+        if current in OPERATOR_CANCEL_FROM and doubt is None:
+            # Waiting to be sent again after a call that got no reply (a provider
+            # at-least-once): that call may have gone through, so the truth is unknown.
+            tries = ledger.attempts_of(s, message_id) if msg.attempts else []
+            silent = [a.provider for a in tries if a.outcome == "ambiguous"]
+            maybe = bool(silent)
+            why = "cancelled by the operator"
+            if silent:
+                why += f"; an earlier call to {silent[-1]} got no reply and may have gone through"
+            end = Status.UNKNOWN if maybe else Status.FAILED
+            old = ledger.transition(
+                s, message_id, end, source="operator", expect=OPERATOR_CANCEL_FROM, detail=why,
+                fields={"last_error": why, "cancel_requested_at": None},
+            )  # fmt: skip
+            if old is not None:
+                return Cancel("cancelled", old.value, end.value, why)
+            current = Status(ledger.get(s, message_id).status)  # type: ignore[union-attr]
+        if current in (Status.QUEUED, Status.SENDING) and ledger.request_cancel(s, message_id, utcnow()):
+            where = f"a call to {doubt.provider} is in doubt" if doubt else "a worker holds it"
+            return Cancel(
+                "requested", current.value, current.value,
+                f"{where}: it is cancelled once that call is settled, unless the provider has it",
+            )  # fmt: skip
+        current = Status(ledger.get(s, message_id).status)  # type: ignore[union-attr]
+        return Cancel(
+            "refused", current.value, current.value,
+            f"cannot cancel a message in {current.value} (only queued, scheduled or sending)",
         )  # fmt: skip
-    return old.value if old else None
+
+
+def cancel_message(message_id: str) -> str | None:
+    """The old status when the message was cancelled or its cancel recorded (see
+    ``cancel``), None otherwise."""
+    done = cancel(message_id)
+    return done.old if done.outcome in ("cancelled", "requested") else None
 
 
 def retry_message(message_id: str) -> str | None:
-    """Send a failed or unknown message again, as a new round with a fresh TTL.
-    For an ``unknown`` one the first send may have gone out: the operator decides."""
+    """Send a failed or unknown message again, as a new round with a fresh TTL (its
+    own TTL's length, from now or from its ``at``). A message whose ``at`` is still
+    ahead (cancelled before its time) goes back to ``scheduled`` for that time, not
+    out at once. For an ``unknown`` one the first send may have gone out: the
+    operator decides."""
     from datetime import timedelta
 
-    from dispatcher.models import utcnow
     from dispatcher.status import OPERATOR_RETRY_FROM, Status
 
     settings = get_settings()
@@ -223,15 +338,23 @@ def retry_message(message_id: str) -> str | None:
         msg = ledger.get(s, message_id)
         if msg is None:
             return None
+        start = msg.send_at if msg.send_at is not None and msg.send_at > now else now
+        ttl = (msg.expires_at - (msg.send_at or msg.created_at)).total_seconds()
+        if ttl <= 0:
+            ttl = settings.pipeline.default_ttl
+        status = Status.SCHEDULED if start > now else Status.QUEUED
         old = ledger.transition(
-            s, message_id, Status.QUEUED, source="operator", expect=OPERATOR_RETRY_FROM, by_operator=True,
-            detail="sent again by the operator",
-            fields={"due_at": now, "published_for": now, "tried": "", "retries": 0, "claimed_at": None,
-                    "expires_at": now + timedelta(seconds=settings.pipeline.default_ttl)},
+            s, message_id, status, source="operator", expect=OPERATOR_RETRY_FROM, by_operator=True,
+            detail="sent again by the operator" + (f", at its time {start:%Y-%m-%d %H:%M:%S} UTC"
+                                                    if status == Status.SCHEDULED else ""),
+            fields={"due_at": start, "published_for": None if status == Status.SCHEDULED else now,
+                    "tried": "", "retries": 0, "claimed_at": None, "cancel_requested_at": None,
+                    "expires_at": start + timedelta(seconds=ttl)},
         )  # fmt: skip
     if old is None:
         return None
-    _publish_due([(message_id, msg.priority, msg.provider_pinned)])
+    if status == Status.QUEUED:
+        _publish_due([(message_id, msg.priority, msg.provider_pinned)])
     return old.value
 
 

@@ -98,6 +98,10 @@ class Coordinator:
     def get_value(self, name: str) -> str | None:
         raise NotImplementedError
 
+    def add(self, name: str, amount: int = 1) -> int:
+        """Add to the counter ``name`` (read with ``get_value``); returns the new total."""
+        raise NotImplementedError
+
     def reset(self) -> None:
         raise NotImplementedError
 
@@ -273,6 +277,9 @@ class RedisCoordinator(Coordinator):
         value: Any = self.client.get(f"{PREFIX}value:{name}")
         return value.decode() if isinstance(value, bytes) else value
 
+    def add(self, name: str, amount: int = 1) -> int:
+        return int(self.client.incrby(f"{PREFIX}value:{name}", amount))
+
     def reset(self) -> None:
         keys = list(self.client.scan_iter(f"{PREFIX}*"))
         if keys:
@@ -419,6 +426,12 @@ class MemoryCoordinator(Coordinator):
                 self._values.pop(name, None)
                 self._expiry.pop(name, None)
             return self._values.get(name)
+
+    def add(self, name: str, amount: int = 1) -> int:
+        with self._lock:
+            total = int(self._values.get(name, "0")) + amount
+            self._values[name] = str(total)
+            return total
 
     def reset(self) -> None:
         with self._lock:

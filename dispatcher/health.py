@@ -8,6 +8,7 @@ no message that has been due for long without being picked up.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from datetime import timedelta
 from typing import Any
@@ -36,6 +37,24 @@ def beat(name: str, settings: Settings) -> None:
         return
     _last_beat[name] = now
     coordinator_for(settings.broker_url).set_value(f"heartbeat:{name}", repr(now))
+
+
+# Where producers hand us messages; only by-name tasks are refused out of sight of the
+# producer (the others answer it with the error), so only they are counted.
+INTAKE_DOORS = ("task",)
+
+
+def count_refusal(settings: Settings, door: str) -> None:
+    """Count one message refused at ``door`` (for /metrics). Never raises: the count
+    is for the operator, and the refusal is logged either way."""
+    with contextlib.suppress(Exception):  # Redis down: the log line stays
+        coordinator_for(settings.broker_url).add(f"refused:{door}")
+
+
+def intake_refusals(settings: Settings) -> dict[str, int]:
+    """Messages refused per intake door since the coordinator's store began."""
+    coordinator = coordinator_for(settings.broker_url)
+    return {door: int(coordinator.get_value(f"refused:{door}") or 0) for door in INTAKE_DOORS}
 
 
 def _age(settings: Settings, name: str) -> float | None:

@@ -5,6 +5,7 @@ with a ``StatusEvent`` written in the same transaction. Nothing else writes
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -18,7 +19,17 @@ from sqlmodel import Session, col
 from sqlmodel import select as orm_select
 
 from dispatcher.decisions import Action, Decision
-from dispatcher.models import ATTEMPTS, EVENTS, MESSAGES, Attempt, Message, StatusEvent, utcnow
+from dispatcher.models import (
+    ATTEMPTS,
+    BULK_REQUESTS,
+    EVENTS,
+    MESSAGES,
+    Attempt,
+    BulkRequest,
+    Message,
+    StatusEvent,
+    utcnow,
+)
 from dispatcher.redact import redact
 from dispatcher.status import Status, can_transition
 from dispatcher.validation import NewMessage
@@ -309,6 +320,8 @@ class Claimed:
     tried: str
     expires_at: datetime
     last_error: str | None
+    # An operator asked to cancel it while a call was in doubt or in flight.
+    cancel_requested_at: datetime | None
 
     @property
     def tried_set(self) -> set[str]:
@@ -404,6 +417,46 @@ def renew_claims(session: Session, message_ids: Sequence[str], now: datetime) ->
     )
 
 
+def find_bulk_request(session: Session, key: str) -> BulkRequest | None:
+    return session.get(BulkRequest, key)
+
+
+def add_bulk_request(session: Session, key: str, payload_hash: str, ids: Sequence[str]) -> None:
+    """Tie a bulk call's key to its payload, in the transaction that stores it: a
+    concurrent call with the same key then fails on the primary key and looks again."""
+    session.execute(
+        insert(BULK_REQUESTS).values(
+            key=key, payload_hash=payload_hash, message_ids=json.dumps(list(ids)), created_at=utcnow()
+        )
+    )
+
+
+def request_cancel(session: Session, message_id: str, now: datetime) -> bool:
+    """Record an operator's cancel of a message a worker holds or whose last call is
+    in doubt: the send path settles that call, then cancels instead of sending again.
+    False when the message has moved on (taken, final) meanwhile."""
+    result = session.execute(
+        update(MESSAGES)
+        .where(MESSAGES.c.id == message_id,
+               MESSAGES.c.status.in_([Status.QUEUED.value, Status.SENDING.value]))
+        .values(cancel_requested_at=now, updated_at=now)
+    )  # fmt: skip
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def cancel_requests(session: Session, message_ids: Sequence[str]) -> dict[str, datetime]:
+    """The cancel requests recorded for ``message_ids`` (read again after the calls
+    of a step: a request may have come while they were in flight)."""
+    if not message_ids:
+        return {}
+    rows = session.execute(
+        select(MESSAGES.c.id, MESSAGES.c.cancel_requested_at).where(
+            MESSAGES.c.id.in_(list(message_ids)), MESSAGES.c.cancel_requested_at.is_not(None)
+        )
+    ).all()
+    return {str(mid): at for mid, at in rows}
+
+
 def open_attempts(session: Session, message_ids: Sequence[str]) -> dict[str, Attempt]:
     """The latest attempt still in flight or left unconfirmed, per message that has one."""
     if not message_ids:
@@ -494,10 +547,10 @@ def _change(d: Decision, now: datetime, first_poll: float) -> tuple[Status | Non
         }  # fmt: skip
     if d.action in (Action.REJECT, Action.MARK_UNKNOWN):
         refused = Status.REJECTED if d.action == Action.REJECT else Status.UNKNOWN
-        return refused, {"provider": d.provider, "last_error": d.error or d.reason, "_raw": d.code,
+        return refused, {"provider": d.provider, "last_error": _last_error(d), "_raw": d.code,
                          "_detail": f"{d.reason}: {d.error}" if d.error else d.reason}  # fmt: skip
     if d.action == Action.GIVE_UP:
-        return d.status or Status.FAILED, {"last_error": d.error or d.reason, "_detail": d.reason}
+        return d.status or Status.FAILED, {"last_error": _last_error(d), "_detail": d.reason}
     if d.action in (Action.RETRY, Action.WAIT, Action.EXHAUSTED):
         due = now + timedelta(seconds=d.delay)
         word = {Action.RETRY: "retry", Action.WAIT: "wait", Action.EXHAUSTED: "next round"}[d.action]
@@ -508,6 +561,12 @@ def _change(d: Decision, now: datetime, first_poll: float) -> tuple[Status | Non
         }  # fmt: skip
     # FAIL_OVER, RESEND, ASK: the message stays with this worker; only counters move.
     return None, {**counters, "last_error": d.error or d.reason}
+
+
+def _last_error(d: Decision) -> str:
+    # A decision that overrides the call's own word (an operator's cancel) says why first.
+    said = d.extra.get("last_error")
+    return str(said) if said else (d.error or d.reason)
 
 
 def _finish_attempts(session: Session, decisions: Sequence[Decision], now: datetime) -> None:

@@ -68,7 +68,8 @@ def can_transition(current: Status, new: Status, *, by_operator: bool = False) -
     Otherwise a status may only move forward, with the few deliberate resets listed
     in ``_RESET``.
     """
-    if by_operator and new == Status.QUEUED and current in OPERATOR_RETRY_FROM:
+    # Retried: out now, or back to wait for its `at` if that is still ahead.
+    if by_operator and new in (Status.QUEUED, Status.SCHEDULED) and current in OPERATOR_RETRY_FROM:
         return True
     if current.is_final:
         return False

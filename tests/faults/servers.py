@@ -101,6 +101,10 @@ class OwnPostgres:
     def restart(self) -> None:
         self._ctl("restart")
 
+    def halt(self) -> None:
+        """Stop the server and keep its data: ``start`` brings it back as it was."""
+        self._ctl("stop")
+
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
             self._ctl("stop")

@@ -4,6 +4,7 @@ without Celery, and the task names are the interface other apps use."""
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from typing import Any
 
@@ -12,7 +13,7 @@ from celery import signals
 from dispatcher.config import get_settings
 from dispatcher.coordination import Lease, coordinator_for
 from dispatcher.errors import ValidationError
-from dispatcher.health import beat
+from dispatcher.health import beat, count_refusal
 from dispatcher.sending import SendPipeline
 from workers.app import app, publish, queue_depth
 
@@ -41,22 +42,43 @@ def reset_pipeline(**_: Any) -> None:
     _pipeline = None
 
 
-@app.task(name="smsdispatch.send", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
-def send(message_id: str | None = None, linger: bool = False, **fields: Any) -> str:
+# A by-name message not yet stored waits this long at most between tries while the
+# database is busy or down (doubling from 1 s): well under the broker's visibility
+# timeout, so a retried task is never also redelivered.
+INTAKE_RETRY_CAP = 60.0
+
+
+@app.task(bind=True, name="smsdispatch.send", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def send(self: Any, message_id: str | None = None, linger: bool = False, **fields: Any) -> str:
     """Send one message from the ledger, or first store the one described by
     ``fields`` (``to``, ``text``, ``sender``, ``key``, ``at``, ``ttl``, ``priority``,
     ``provider``) for producers that publish by task name. ``linger``: wait a moment
     for other messages due for the same provider and send them together."""
     if message_id is None:
-        try:
-            from dispatcher.api import create_from_task
+        from dispatcher.api import create_from_task
 
-            message_id = create_from_task(fields)
+        try:
+            message_id = create_from_task(fields, task_id=self.request.id)
         except ValidationError as exc:
             # Nothing was stored, nothing is sent; the producer's mistake is logged
             # with the field at fault and the task ends (retrying cannot fix it).
-            log.error("smsdispatch.send refused its arguments: %s", exc)
-            return f"invalid: {exc}"
+            # backslashreplace: a lone surrogate in a field name must not break the
+            # log handler and hide the refusal.
+            said = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
+            log.error("smsdispatch.send refused its arguments (task %s): %s", self.request.id, said)
+            count_refusal(get_settings(), "task")
+            return f"invalid: {said}"
+        except Exception as exc:
+            # Not stored (the database is locked, restarting, unreachable): the task
+            # is published again with the same id and arguments, so that the implicit
+            # key (the task id) keeps a message stored by an earlier try from being
+            # stored twice. Never acked away: the producer was told nothing failed.
+            delay = min(INTAKE_RETRY_CAP, 2.0 ** min(self.request.retries, 6)) * random.uniform(0.8, 1.2)
+            log.warning(
+                "smsdispatch.send could not store a message yet (task %s, try %d), again in %.1fs: %s",
+                self.request.id, self.request.retries + 1, delay, type(exc).__name__,
+            )  # fmt: skip
+            raise self.retry(exc=exc, countdown=delay, max_retries=None) from None
     pipeline = get_pipeline()
     beat("send", pipeline.settings)
     if fields and fields.get("priority", "normal") != "high":

@@ -1,0 +1,182 @@
+"""Integrity at the doors (issue 12): a cancel never lies about a message in doubt, a
+retried scheduled message keeps its time, idempotency compares the request as given,
+and a bulk key is tied to its whole payload. Real workers, simulator, ledger."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from dispatcher import api, db, ledger
+from dispatcher.simulator.core import Simulator
+from tests.support import SETTLED, TAKEN, Stack
+
+
+def wait_for(predicate: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+def test_cancel_of_a_message_in_doubt_waits_for_the_provider_and_it_has_it(
+    stack: Stack, sim: Simulator
+) -> None:
+    """The call times out at 0.3 s, SMStele takes the message at 0.5 s; the operator
+    cancels while we do not know. Marking it failed then would be a lie (the provider
+    delivers it): the cancel is recorded, the question settles it, and the message
+    ends as taken, with the late cancel said in its history."""
+    stack.configure(providers=["smstele", "prostor"], smstele={"timeout": 0.3, "reconcile_after": 2.0})
+    state = sim["smstele"].state
+    state.faults.hang = True
+    state.faults.hang_seconds = 0.5
+    stack.start_worker()
+    mid = api.send_sms("79161234567", "in doubt")
+    wait_for(lambda: sum(state.stats()["requests"].values()) > 0)
+    state.faults.hang = False
+    # The call has timed out and the message waits for the question.
+    wait_for(lambda: (api.get_message(mid) or {}).get("status") == "queued")
+    done = api.cancel(mid)
+    assert done.outcome == "requested", done
+    assert "smstele is in doubt" in done.reason
+    message = api.get_message(mid)
+    assert message is not None and message["status"] == "queued" and message["cancel_requested_at"]
+    assert stack.wait_until([mid], SETTLED, timeout=20)[mid] in TAKEN
+    assert state.stats()["messages"] == 1 and state.stats()["duplicates"] == 0
+    assert sim["prostor"].state.stats()["messages"] == 0
+    message = api.get_message(mid)
+    assert message is not None
+    assert [a["outcome"] for a in message["attempts"]] == ["reconciled"]
+
+
+def test_cancel_while_the_call_is_in_flight_ends_failed_when_nothing_went_out(
+    stack: Stack, sim: Simulator
+) -> None:
+    """The operator cancels while the call is held; the provider then answers 500
+    (nothing taken). The cancel recorded during the call is honoured: failed, never
+    sent again, no other provider asked."""
+    stack.configure(providers=["smstele", "prostor"], smstele={"timeout": 5.0})
+    state = sim["smstele"].state
+    state.faults.hang = True
+    state.faults.hang_seconds = 1.0
+    state.faults.http500_rate = 1.0
+    stack.start_worker()
+    mid = api.send_sms("79161234567", "cancel me in flight")
+    wait_for(lambda: sum(state.stats()["requests"].values()) > 0)
+    done = api.cancel(mid)
+    assert done.outcome == "requested" and done.old == "sending", done
+    assert stack.wait_until([mid], SETTLED, timeout=20)[mid] == "failed"
+    time.sleep(1.0)  # a resend would come now
+    message = api.get_message(mid)
+    assert message is not None and "cancelled by the operator" in message["last_error"]
+    assert [a["outcome"] for a in message["attempts"]] == ["retry"]
+    assert state.stats()["messages"] == 0 and sim["prostor"].state.stats()["messages"] == 0
+
+
+def test_cancel_of_a_queued_message_with_no_doubt_is_immediate(stack: Stack) -> None:
+    stack.configure(providers=["prostor"])  # no worker: it stays queued
+    mid = api.send_sms("79161234567", "never sent")
+    done = api.cancel(mid)
+    assert (done.outcome, done.old, done.status) == ("cancelled", "queued", "failed")
+    again = api.cancel(mid)
+    assert again.outcome == "refused" and "failed" in again.reason
+    assert api.cancel("0" * 32).outcome == "missing"
+
+
+def test_retry_of_a_cancelled_scheduled_message_keeps_its_time(stack: Stack, sim: Simulator) -> None:
+    stack.configure(providers=["prostor"])
+    stack.start_worker(beat=True)
+    at = datetime.now(UTC) + timedelta(hours=1)
+    mid = api.send_sms("79161234567", "at nine", at=at.isoformat(), ttl=600)
+    assert api.cancel(mid).outcome == "cancelled"
+    assert api.retry_message(mid) == "failed"
+    message = api.get_message(mid)
+    assert message is not None and message["status"] == "scheduled"
+    assert abs((message["due_at"] - at).total_seconds()) < 0.01
+    # Its own TTL, counted from its time, as when it was first given.
+    assert abs((message["expires_at"] - at).total_seconds() - 600) < 0.01
+    time.sleep(3)  # several sweeps: it must not go out before its time
+    assert (api.get_message(mid) or {})["status"] == "scheduled"
+    assert sim["prostor"].state.stats()["messages"] == 0
+
+
+def test_the_identical_request_after_its_at_has_passed_is_the_same_message(stack: Stack) -> None:
+    stack.configure(providers=["prostor"])
+    at = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    first = api.send_sms("79161234567", "scheduled", key="same-at", at=at)
+    time.sleep(1.2)
+    assert api.send_sms("79161234567", "scheduled", key="same-at", at=at) == first
+    # What the client gave still counts: another `at` or `ttl` is another request.
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    with pytest.raises(api.IdempotencyConflict):
+        api.send_sms("79161234567", "scheduled", key="same-at", at=later)
+    with pytest.raises(api.IdempotencyConflict):
+        api.send_sms("79161234567", "scheduled", key="same-at", at=at, ttl=60)
+
+
+def test_a_bulk_key_is_tied_to_its_whole_payload(stack: Stack) -> None:
+    stack.configure(providers=["prostor"])
+    two = [{"to": "79161234567", "text": "one"}, {"to": "79161234568", "text": "two"}]
+    ids = api.send_bulk(two, key="bulk-1")
+    assert api.send_bulk(two, key="bulk-1") == ids  # the same call again: the same ids
+    with pytest.raises(api.IdempotencyConflict) as refused:
+        api.send_bulk([*two, {"to": "79161234569", "text": "three"}], key="bulk-1")
+    assert refused.value.field == "Idempotency-Key"
+    with pytest.raises(api.IdempotencyConflict):
+        api.send_bulk([two[1], two[0]], key="bulk-1")  # the order is part of the payload
+    with db.session_scope() as s:
+        assert sum(ledger.count_by_status(s).values()) == 2  # the superset stored nothing
+        assert sorted(m.key for m in ledger.find_by_keys(s, {"bulk-1:0", "bulk-1:1"}).values()) == [
+            "bulk-1:0",
+            "bulk-1:1",
+        ]
+
+
+@pytest.mark.postgres
+def test_overlapping_bulk_calls_in_parallel_never_deadlock(sim: Simulator, tmp_path: object) -> None:
+    """Eight producers store overlapping keyed batches at once, each in its own order.
+    Rows are inserted in key order, so they queue on the unique index instead of
+    deadlocking; every call answers, and each key is stored once."""
+    from pathlib import Path
+
+    from dispatcher import config
+
+    stack = Stack(sim, Path(str(tmp_path)), "postgres")
+    try:
+        stack.configure(providers=["prostor"])
+        keys = [f"k{i:04d}" for i in range(400)]
+        errors: list[BaseException] = []
+        answers: list[dict[str, str]] = []
+        start = threading.Barrier(8)
+
+        def producer(n: int) -> None:
+            mine = keys[n * 25 : n * 25 + 200]
+            mine = mine[::-1] if n % 2 else mine
+            batch = [{"to": f"7916{int(k[1:]):07d}", "text": f"m {k}", "key": k} for k in mine]
+            start.wait()
+            try:
+                ids = api.send_bulk(batch)
+                answers.append(dict(zip(mine, ids, strict=True)))
+            except BaseException as exc:  # collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=producer, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        seen: dict[str, str] = {}
+        for answer in answers:
+            for k, mid in answer.items():
+                assert seen.setdefault(k, mid) == mid  # every call names the one row per key
+        with db.session_scope() as s:
+            assert sum(ledger.count_by_status(s).values()) == len(seen)
+    finally:
+        stack.stop()
+        config.set_settings(None)
