@@ -12,12 +12,14 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from dispatcher import config as config_mod
 from dispatcher.errors import ConfigError, ProviderError, ValidationError
@@ -214,7 +216,10 @@ def run_simulator(args: argparse.Namespace) -> int:
         for server in sim.servers.values():
             if not hasattr(server.state.timing, key):
                 raise ValidationError("--timing", f"unknown timing {key!r} (sent_after, final_after)")
-            setattr(server.state.timing, key, float(value))
+            try:
+                setattr(server.state.timing, key, float(value))
+            except ValueError:
+                raise ValidationError(f"--timing {key}", f"not a number of seconds: {value!r}") from None
     sim.start()
     for kind, server in sim.servers.items():
         print(f"{kind:8} {server.base_url}")
@@ -361,65 +366,194 @@ def _status_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def _progress(done: int, total: int, label: str) -> None:
-    if not sys.stderr.isatty():
-        return
-    width = 30
-    filled = int(width * done / max(total, 1))
-    sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-    if done >= total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+class _Progress:
+    """A one-line progress bar on stderr, for files long enough to wait for.
+
+    Drawn only when asked (a terminal, or --progress), and only when the shown value
+    changes, so a 10,000-line file writes ~100 updates, not 10,000."""
+
+    WIDTH = 30
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.open = False  # a line without its newline yet: an error must start afresh
+        self.shown: tuple[str, int] | None = None
+
+    def update(self, label: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        filled = self.WIDTH * done // max(total, 1)
+        percent = 100 * done // max(total, 1)
+        if (label, percent) == self.shown and done < total:
+            return
+        self.shown = (label, percent)
+        bar = "#" * filled + "." * (self.WIDTH - filled)
+        sys.stderr.write(f"\r{label} [{bar}] {done}/{total}")
+        self.open = True
+        if done >= total:
+            self.end()
+        sys.stderr.flush()
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self.end()
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.open:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.open = False
 
 
-def run_bulk(args: argparse.Namespace) -> int:
+class UsageError(Exception):
+    """Bad input that is not one message's field: a file we cannot read. Exit 2."""
+
+
+def _read_input(path: str) -> tuple[str, str]:
+    """The file's name for messages and its text. UTF-8 only (a BOM is fine): a file
+    in another encoding is refused rather than stored as mojibake."""
+    name = "<stdin>" if path == "-" else path
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read()
+    except FileNotFoundError:
+        raise UsageError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{name}: is a directory, not a file") from None
+    except PermissionError:
+        raise UsageError(f"{name}: permission denied") from None
+    except OSError as exc:
+        raise UsageError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UsageError(f"{name}: UTF-16 text; save the file as UTF-8")
+    try:
+        return name, data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UsageError(
+            f"{name}: line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8"
+        ) from None
+
+
+def _parse_csv(name: str, text: str, priority: str | None) -> list[tuple[int, dict[str, Any]]]:
+    """(line number in the file, fields) per message. The line is the one the record
+    starts on, counting the header and blank lines, as an editor shows it."""
     import csv
+    import io
 
-    from dispatcher.api import FIELDS, send_bulk
+    from dispatcher.api import FIELDS
 
-    with open(args.file, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        for name in header:
-            if name not in FIELDS:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    rows: list[tuple[int, dict[str, Any]]] = []
+    end = 0
+    try:
+        for record in reader:
+            line, end = end + 1, reader.line_num
+            # Spreadsheets leave empty rows (",,,") behind: they are not messages.
+            if not any(cell.strip() for cell in record):
+                continue
+            if header is None:
+                header = [cell.strip() for cell in record]
+                for column in header:
+                    if column not in FIELDS:
+                        raise ValidationError(
+                            f"{name}: line {line}: column {column!r}", f"unknown (known: {', '.join(FIELDS)})"
+                        )
+                    if header.count(column) > 1:
+                        raise ValidationError(f"{name}: line {line}: column {column!r}", "given twice")
+                for column in ("to", "text"):
+                    if column not in header:
+                        raise ValidationError(f"{name}: line {line}: header", f"no {column!r} column")
+                continue
+            if len(record) > len(header):
                 raise ValidationError(
-                    f"{args.file}: column {name!r}", f"unknown (known: {', '.join(FIELDS)})"
+                    f"{name}: line {line}",
+                    f"{len(record)} fields but the header has {len(header)} (quote a text with commas)",
                 )
-        rows = []
-        for n, row in enumerate(reader, start=2):  # line 1 is the header
-            fields: dict[str, Any] = {k: v for k, v in row.items() if v not in (None, "")}
+            fields: dict[str, Any] = {k: v for k, v in zip(header, record, strict=False) if v != ""}
+            for column in ("to", "text"):
+                if column not in fields:
+                    raise ValidationError(f"{name}: line {line}: {column}", "missing")
             if "ttl" in fields:
                 try:
                     fields["ttl"] = float(fields["ttl"])
                 except ValueError:
-                    raise ValidationError(f"{args.file}: line {n}: ttl", "not a number") from None
-            if args.priority and "priority" not in fields:
-                fields["priority"] = args.priority
-            rows.append((n, fields))
-    # Validate every line before storing any, so a bad line 900 stores nothing.
-    from dispatcher.config import get_settings
+                    raise ValidationError(f"{name}: line {line}: ttl", "not a number") from None
+            if priority and "priority" not in fields:
+                fields["priority"] = priority
+            rows.append((line, fields))
+    except csv.Error as exc:  # a NUL byte, a field over the csv module's size limit
+        raise ValidationError(f"{name}: line {reader.line_num}", str(exc)) from None
+    if header is None:
+        raise ValidationError(name, "empty file (expected a header line: to,text,...)")
+    return rows
+
+
+_MESSAGE_INDEX = re.compile(r"messages\[(\d+)\]\.?(.*)")
+
+
+def run_bulk(args: argparse.Namespace) -> int:
+    """All or nothing: every line is read and checked before any is stored, and the
+    whole file is stored in one transaction (api.send_bulk), so an error at line
+    9,000 of 10,000 leaves the ledger as it was and names line 9,000."""
+    from dispatcher.api import send_bulk
     from dispatcher.validation import validate
 
-    settings = get_settings()
-    for n, fields in rows:
+    progress = _Progress(args.progress or (not args.json and sys.stderr.isatty()))
+    try:
+        name, text = _read_input(args.file)
+        rows = _parse_csv(name, text, args.priority)
+        settings = config_mod.get_settings()
+        # Checked here line by line for the progress bar and the file's line numbers;
+        # send_bulk checks again (the same validate) inside its call.
+        first_use: dict[str, tuple[int, str]] = {}
+        for n, (line, fields) in enumerate(rows, start=1):
+            try:
+                item = validate(settings, **fields)
+            except ValidationError as exc:
+                raise ValidationError(f"{name}: line {line}: {exc.field}", exc.reason) from None
+            if item.key is not None:
+                earlier = first_use.setdefault(item.key, (line, item.payload_hash()))
+                if earlier[1] != item.payload_hash():
+                    raise ValidationError(
+                        f"{name}: line {line}: key",
+                        f"{item.key!r} is used on line {earlier[0]} for a different message",
+                    )
+            progress.update("checked", n, len(rows))
+        progress.note(f"storing {len(rows)} messages in one transaction")
         try:
-            validate(settings, **fields)
+            ids = send_bulk([fields for _, fields in rows])
         except ValidationError as exc:
-            raise ValidationError(f"{args.file}: line {n}: {exc.field}", exc.reason) from None
-        except TypeError:
-            raise ValidationError(f"{args.file}: line {n}", "to and text are required") from None
-    ids: list[str] = []
-    for start in range(0, len(rows), 500):
-        ids += send_bulk([fields for _, fields in rows[start : start + 500]])
-        _progress(len(ids), len(rows), "queued")
+            # send_bulk names the n-th message (messages[n].key for a key already used by a
+            # different stored message): say which line of the file that is.
+            found = _MESSAGE_INDEX.fullmatch(exc.field)
+            if found is None or int(found.group(1)) >= len(rows):
+                raise
+            line = rows[int(found.group(1))][0]
+            field = f": {found.group(2)}" if found.group(2) else ""
+            raise type(exc)(f"{name}: line {line}{field}", exc.reason) from None
+    finally:
+        progress.end()
     emit(args, {"count": len(ids), "ids": ids}, lambda: f"{len(ids)} messages queued")
     return EXIT_OK
 
 
-@command("bulk", "queue every message of a CSV file (columns: to,text and optional sender,key,at,ttl,...)")
+@command(
+    "bulk",
+    "queue every message of a CSV file, all or none (columns: to,text and optional sender,key,at,ttl,...)",
+)
 def _bulk_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file")
+    p.add_argument("file", help="a UTF-8 CSV file with a header line; - reads standard input")
     p.add_argument("--priority", choices=["high", "normal"], help="for lines that name none")
+    p.add_argument(
+        "--progress", action="store_true", help="a progress bar even when stderr is not a terminal"
+    )
     p.add_argument("--json", action="store_true")
 
 
@@ -448,7 +582,9 @@ def _list_args(p: argparse.ArgumentParser) -> None:
 def _operator(args: argparse.Namespace, action: str) -> int:
     from dispatcher import api
 
-    old = api.cancel_message(args.id) if action == "cancel" else api.retry_message(args.id)
+    if action == "cancel":
+        return _cancel(args)
+    old = api.retry_message(args.id)
     message = api.get_message(args.id)
     if message is None:
         print(f"smsdispatch: no message {args.id}", file=sys.stderr)
@@ -456,12 +592,40 @@ def _operator(args: argparse.Namespace, action: str) -> int:
     done = old is not None
     data = {"id": args.id, "done": done, "from": old, "status": message["status"]}
     if not done:
-        allowed = "queued or scheduled" if action == "cancel" else "failed or unknown"
         print(
-            f"smsdispatch: cannot {action} a message in {message['status']} (only {allowed})", file=sys.stderr
+            f"smsdispatch: cannot retry a message in {message['status']} (only failed or unknown)",
+            file=sys.stderr,
         )
     emit(args, data, lambda: f"{args.id}: {old} -> {message['status']}" if done else "")
     return EXIT_OK if done else EXIT_FAILED
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    """``cancelled``: it ends failed (or unknown, when an earlier call may have gone
+    out). ``requested``: a call for it is in doubt or in flight; the send path
+    settles that call first (exit 0: the cancel is recorded, and `status` shows how
+    it ended)."""
+    from dispatcher import api
+
+    done = api.cancel(args.id)
+    if done.outcome == "missing":
+        print(f"smsdispatch: no message {args.id}", file=sys.stderr)
+        return EXIT_FAILED
+    ok = done.outcome in ("cancelled", "requested")
+    data = {"id": args.id, "done": ok, "outcome": done.outcome, "from": done.old, "status": done.status,
+            "reason": done.reason}  # fmt: skip
+    if not ok:
+        print(f"smsdispatch: {done.reason}", file=sys.stderr)
+
+    def line() -> str:
+        if done.outcome == "requested":
+            return f"{args.id}: cancel requested ({done.old}): {done.reason}"
+        return f"{args.id}: {done.old} -> {done.status}" + (
+            f" ({done.reason})" if done.status != "failed" else ""
+        )
+
+    emit(args, data, line if ok else lambda: "")
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def run_cancel(args: argparse.Namespace) -> int:
@@ -585,23 +749,131 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _mask_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ***: the line is for a terminal
+    or a log, never for a secret. ``redis://:pw@host`` (no user) too."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return redact(url)
+    if not password:
+        return redact(url)
+    host = parts.netloc.rpartition("@")[2]
+    return redact(urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}")))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's text: drivers add hints and SQLAlchemy a
+    "Background on this error" link on lines of their own."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return redact(lines[0]) if lines else type(exc).__name__
+
+
+def _configured(attr: str) -> str:
+    try:
+        return _mask_url(str(getattr(config_mod.get_settings(), attr)))
+    except Exception:  # the settings themselves failed: the message names no URL then
+        return "?"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it was raised from, outermost first (kombu wraps redis errors)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def _backend_failure(exc: BaseException) -> tuple[int, str] | None:
+    """Exit code and one line for a database or broker that does not answer as it
+    should; None when ``exc`` is none of those."""
+    import redis.exceptions
+    from kombu.exceptions import OperationalError as KombuOperationalError
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
+
+    for err in _chain(exc):
+        if isinstance(err, DBAPIError):
+            reason = _first_line(err.orig if err.orig is not None else err)
+            database = _configured("database_url")
+            lowered = reason.lower()
+            # The server answered but will not serve this configuration: fix the config
+            # (or run the migrations), waiting will not help.
+            # A table or column the code expects is missing: a schema older than the code.
+            missing_table = (
+                "no such table" in lowered
+                or "no such column" in lowered
+                or (isinstance(err, ProgrammingError) and "does not exist" in lowered)
+            )
+            if missing_table:
+                return EXIT_CONFIG, (
+                    f"the database ({database}) lacks the schema of this version:"
+                    f" run `smsdispatch db upgrade` ({reason})"
+                )
+            if "authentication failed" in lowered or ("database" in lowered and "does not exist" in lowered):
+                return EXIT_CONFIG, f"the database ({database}) refused the connection: {reason}"
+            if "file is not a database" in lowered:
+                return EXIT_CONFIG, f"the database ({database}) is not an SQLite database: {reason}"
+            if isinstance(err, OperationalError | InterfaceError) or err.connection_invalidated:
+                return EXIT_UNAVAILABLE, f"the database is unreachable ({database}): {reason}"
+        if isinstance(
+            err, KombuOperationalError | redis.exceptions.ConnectionError | redis.exceptions.TimeoutError
+        ):
+            return (
+                EXIT_UNAVAILABLE,
+                f"the broker is unreachable ({_configured('broker_url')}): {_first_line(err)}",
+            )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # A command's own warnings (a message stored but its publish deferred) read as one
+    # line of ours; -v brings timestamps and logger names back for debugging.
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        if args.verbose
+        else "smsdispatch: %(levelname)s: %(message)s",
     )
     install_log_redaction()
     runner = COMMANDS[args.command][0]
+
+    def fail(code: int, line: str) -> int:
+        if args.verbose and code not in (EXIT_USAGE,):
+            sys.stderr.write(redact(traceback.format_exc()))
+        print(f"smsdispatch: {line}", file=sys.stderr)
+        return code
+
     try:
         return runner(args)
     except ConfigError as exc:
-        print(f"smsdispatch: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return fail(EXIT_CONFIG, redact(str(exc)))
     except ValidationError as exc:
-        print(f"smsdispatch: invalid {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(EXIT_USAGE, f"invalid {redact(str(exc))}")
+    except UsageError as exc:
+        return fail(EXIT_USAGE, redact(str(exc)))
+    except KeyboardInterrupt:
+        return fail(130, "interrupted")
+    except BrokenPipeError:
+        # The reader of our output went away (| head): nothing left to tell anyone.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the exit flush cannot fail
+        return EXIT_FAILED
+    except Exception as exc:
+        known = _backend_failure(exc)
+        if known is not None:
+            return fail(*known)
+        if isinstance(exc, OSError) and exc.filename is not None:
+            # A path we were given cannot be read or written (--write-config, ...).
+            return fail(EXIT_USAGE, f"{exc.filename}: {(exc.strerror or str(exc)).lower()}")
+        if isinstance(exc, ConnectionError):
+            return fail(EXIT_UNAVAILABLE, f"a service is unreachable: {_first_line(exc)}")
+        hint = "" if args.verbose else " (run with -v for the traceback)"
+        return fail(EXIT_FAILED, f"unexpected error: {type(exc).__name__}: {_first_line(exc)}{hint}")
 
 
 if __name__ == "__main__":

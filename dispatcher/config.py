@@ -7,6 +7,7 @@ that point at the built-in provider simulator. ``SMSDISPATCH_DATABASE_URL`` and
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -26,6 +27,15 @@ GUARANTEES = ("at-most-once", "at-least-once")
 DEFAULT_DATABASE_URL = "sqlite:///smsdispatch.db"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 _INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+
+DAY = 24 * 3600.0
+# The longest a message may live. validation.MAX_TTL says the same for a message's own
+# ttl, but validation imports this module, so the value is repeated here
+# (tests/test_config.py checks that the two agree).
+MAX_TTL = 30 * DAY
+# The longest countdown the pipeline hands the broker (sending.MAX_COUNTDOWN, repeated
+# for the same reason and checked the same way): the visibility timeout must exceed it.
+MAX_COUNTDOWN = 10.0
 
 
 @dataclass(frozen=True)
@@ -156,11 +166,16 @@ def _take(table: Mapping[str, Any], key: str, where: str, kind: type | tuple[typ
     if key not in table:
         return default
     value = table[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
     # bool is an int in Python; a `priority = true` is still a mistake.
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise ConfigError(f"{where}{key}", f"expected {_kind_name(kind)}, got a boolean")
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(f"{where}{key}", f"expected {_kind_name(kind)}, got {_shown(value)} (a boolean)")
     if not isinstance(value, kind):
-        raise ConfigError(f"{where}{key}", f"expected {_kind_name(kind)}, got {type(value).__name__}")
+        # A number where a number was expected is shown (`got nan`, `got 1.5`); any other
+        # value only by its type, as a misplaced password must not reach the message.
+        numeric = isinstance(value, int | float) and (int in kinds or float in kinds)
+        got = f"{_shown(value)} (a {type(value).__name__})" if numeric else type(value).__name__
+        raise ConfigError(f"{where}{key}", f"expected {_kind_name(kind)}, got {got}")
     return value
 
 
@@ -199,6 +214,113 @@ def check_sender(sender: str, key: str) -> str:
 _NUMBER = (int, float)
 
 
+@dataclass(frozen=True)
+class _Limit:
+    """The range of one numeric setting. Every value must also be finite: TOML spells
+    nan and inf as floats, and each comparison with nan is false, so a nan would pass
+    any range check and reach a timer or a timeout as is."""
+
+    low: float  # the least value allowed...
+    above: bool = False  # ...or, when True, the value must be greater than it
+    high: float | None = None  # None: no upper bound
+    # The rule in words where "at least / at most" would not say it (ports).
+    rule: str | None = None
+
+
+_ZERO_OR_MORE = _Limit(0.0)
+_AT_LEAST_ONE = _Limit(1.0)
+# Beat intervals, timeouts and delays: over a day, a worker would sit on a message or
+# a timer would never fire in any useful time, so such a value is a slip of units.
+_DURATION = _Limit(0.0, above=True, high=DAY)
+_DURATION_OR_ZERO = _Limit(0.0, high=DAY)
+_PORT = _Limit(1.0, high=65535.0, rule="a TCP port is 1 to 65535")
+
+# Every numeric setting and its range: a numeric field without an entry here is a
+# KeyError at the first load, so that a new setting cannot skip its check.
+_LIMITS: dict[str, _Limit] = {
+    "api.port": _PORT,
+    "flower.port": _PORT,
+    # 0 would expire every message at once; past MAX_TTL intake refuses a message's own
+    # ttl too (validation.MAX_TTL), so a default over it is a mistake.
+    "pipeline.default_ttl": _Limit(0.0, above=True, high=MAX_TTL),
+    "pipeline.max_attempts": _AT_LEAST_ONE,  # 0 would give every message up before its first call
+    "pipeline.breaker_threshold": _AT_LEAST_ONE,  # 0 would open the breaker before any failure
+    "pipeline.breaker_cooldown": _DURATION,  # 0 would close an open breaker at once: no breaker
+    "pipeline.backoff_base": _DURATION,  # 0 would retry a failing provider at once, again and again
+    "pipeline.backoff_cap": _DURATION,
+    "pipeline.exhausted_delay": _DURATION,  # 0 would spin when every provider fails
+    # 0 would expire a message the moment it was accepted; providers keep statuses for
+    # days, and no message lives longer than MAX_TTL.
+    "pipeline.status_horizon": _Limit(0.0, above=True, high=MAX_TTL),
+    "pipeline.sweeper_interval": _DURATION,  # 0: beat would schedule sweeps back to back
+    "pipeline.sweeper_stale_after": _DURATION,  # 0 would republish every queued message each sweep
+    "pipeline.visibility_timeout": _DURATION,  # 0: Redis would hand every task out twice
+    "pipeline.soft_shutdown_timeout": _DURATION_OR_ZERO,  # 0: stop at once on TERM (Celery's default)
+    "pipeline.publish_batch": _AT_LEAST_ONE,  # a send task carries at least one message
+    "pipeline.group_size": _AT_LEAST_ONE,
+    "pipeline.call_concurrency": _AT_LEAST_ONE,  # 0 threads would make no call at all
+    # 0: a message never waits for companions. It is a batching window of a fraction of
+    # a second: ten seconds or more is a slip of units (milliseconds written as seconds).
+    "pipeline.linger": _Limit(0.0, high=10.0),
+    "polling.interval": _DURATION,  # 0: poll rounds back to back
+    "polling.intervals": _DURATION,  # each entry; 0 would poll a message on every round
+    "polling.max_calls_per_cycle": _AT_LEAST_ONE,  # 0 would never poll
+    # 0 is meaningful: poll every message by id as well as by the queue.
+    "polling.queue_fallback_after": _DURATION_OR_ZERO,
+    "polling.queue_interval": _DURATION,
+    "polling.queue_rounds": _AT_LEAST_ONE,  # 0 would never drain the queue
+    "polling.balance_interval": _DURATION,
+    # providers.NAME.*
+    "provider.timeout": _DURATION,  # 0 would fail every call before the reply
+    "provider.connect_timeout": _DURATION,
+    "provider.rate_limit": _ZERO_OR_MORE,  # messages per second; 0 = unlimited
+    "provider.max_retries": _ZERO_OR_MORE,  # 0: fail over after the first failure
+    "provider.reconcile_after": _DURATION_OR_ZERO,  # 0: ask about a call in doubt at once
+    # Any finite amount: an account on credit may be allowed below zero.
+    "provider.balance_threshold": _Limit(-math.inf),
+    "provider.priority": _Limit(-math.inf),  # only the order matters
+}
+
+
+def _shown(value: Any) -> str:
+    """A value as the TOML file spells it, for an error message."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)  # nan, inf, -inf, 1.5, 99999
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
+
+
+def _in_range(value: Any, key: str, limit: _Limit) -> float:
+    """``value`` (an int or a float, not a bool) checked against ``limit``; the float."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {_shown(value)}")
+    # Compared as given: an integer too large for a float still compares exactly.
+    too_low = value <= limit.low if limit.above else value < limit.low
+    too_high = limit.high is not None and value > limit.high
+    if too_low or too_high:
+        if limit.rule:
+            rule = limit.rule
+        elif too_low:
+            rule = f"must be greater than {limit.low:g}" if limit.above else f"must be at least {limit.low:g}"
+        else:
+            rule = f"must be at most {limit.high:g}"
+        raise ConfigError(key, f"{rule}, got {_shown(value)}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ConfigError(key, f"must be a finite number, got {_shown(value)}") from None
+
+
+def _limited(
+    table: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...], default: Any
+) -> Any:
+    """A numeric provider setting, type- and range-checked (the range under ``provider.KEY``)."""
+    value = _take(table, key, where, kind, default)
+    if value is not None:
+        _in_range(value, f"{where}{key}", _LIMITS[f"provider.{key}"])
+    return value
+
+
 def _provider(name: str, table: Any) -> ProviderConfig:
     where = f"providers.{name}."
     if not _INSTANCE_NAME.match(name):
@@ -232,7 +354,8 @@ def _provider(name: str, table: Any) -> ProviderConfig:
     password = _take(table, "password", where, str, None)
     if not password:
         raise ConfigError(f"{where}password", "missing")
-    register_secret(password)
+    # With the login: the forms a password takes in Basic auth are masked too.
+    register_secret(password, login=login)
     sender = _take(table, "sender", where, str, None)
     if sender is not None:
         check_sender(sender, f"{where}sender")
@@ -243,21 +366,13 @@ def _provider(name: str, table: Any) -> ProviderConfig:
     guarantee = _take(table, "delivery_guarantee", where, str, "at-most-once")
     if guarantee not in GUARANTEES:
         raise ConfigError(f"{where}delivery_guarantee", f"one of {', '.join(GUARANTEES)}")
-    timeout = float(_take(table, "timeout", where, _NUMBER, 10.0))
-    connect_timeout = float(_take(table, "connect_timeout", where, _NUMBER, 3.0))
-    rate_limit = float(_take(table, "rate_limit", where, _NUMBER, 0.0))
-    reconcile_after = float(_take(table, "reconcile_after", where, _NUMBER, 5.0))
-    if reconcile_after < 0:
-        raise ConfigError(f"{where}reconcile_after", "must be 0 or more")
-    max_retries = _take(table, "max_retries", where, int, 3)
-    for key, value in (("timeout", timeout), ("connect_timeout", connect_timeout)):
-        if value <= 0:
-            raise ConfigError(f"{where}{key}", "must be greater than 0")
-    if rate_limit < 0:
-        raise ConfigError(f"{where}rate_limit", "must be 0 (unlimited) or more")
-    if max_retries < 0:
-        raise ConfigError(f"{where}max_retries", "must be 0 or more")
-    threshold = _take(table, "balance_threshold", where, _NUMBER, None)
+    timeout = float(_limited(table, "timeout", where, _NUMBER, 10.0))
+    connect_timeout = float(_limited(table, "connect_timeout", where, _NUMBER, 3.0))
+    rate_limit = float(_limited(table, "rate_limit", where, _NUMBER, 0.0))
+    reconcile_after = float(_limited(table, "reconcile_after", where, _NUMBER, 5.0))
+    max_retries = _limited(table, "max_retries", where, int, 3)
+    priority = _limited(table, "priority", where, int, 100)
+    threshold = _limited(table, "balance_threshold", where, _NUMBER, None)
     on_horizon = _take(table, "on_horizon", where, str, "expired")
     if on_horizon not in ("expired", "unknown"):
         raise ConfigError(f"{where}on_horizon", "one of expired, unknown")
@@ -278,7 +393,7 @@ def _provider(name: str, table: Any) -> ProviderConfig:
         login=login,
         password=password,
         sender=sender,
-        priority=_take(table, "priority", where, int, 100),
+        priority=priority,
         enabled=_take(table, "enabled", where, bool, True),
         timeout=timeout,
         connect_timeout=connect_timeout,
@@ -295,9 +410,18 @@ def _provider(name: str, table: Any) -> ProviderConfig:
 def _number_list(value: Any, key: str) -> tuple[float, ...]:
     if not isinstance(value, list | tuple) or not value:
         raise ConfigError(key, "expected a non-empty list of numbers")
-    if any(isinstance(v, bool) or not isinstance(v, int | float) or v <= 0 for v in value):
-        raise ConfigError(key, "every entry must be a number greater than 0")
-    return tuple(float(v) for v in value)
+    out = []
+    for n, v in enumerate(value, 1):
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ConfigError(
+                key,
+                f"entry {n}: expected a number, got {_shown(v) if isinstance(v, bool) else type(v).__name__}",
+            )
+        try:
+            out.append(_in_range(v, key, _LIMITS[key]))
+        except ConfigError as exc:
+            raise ConfigError(key, f"entry {n} {exc.reason}") from None
+    return tuple(out)
 
 
 def _section(data: Mapping[str, Any], name: str, cls: type[Any]) -> Any:
@@ -322,18 +446,43 @@ def _section(data: Mapping[str, Any], name: str, cls: type[Any]) -> Any:
         else:
             kinds = type(default)
         value = _take(table, key, f"{name}.", kinds, default)
-        values[key] = float(value) if isinstance(default, float) else value
-        if isinstance(values[key], (int, float)) and not isinstance(values[key], bool) and values[key] < 0:
-            raise ConfigError(f"{name}.{key}", "must not be negative")
-    for key in ("publish_batch", "group_size", "call_concurrency"):
-        if name == "pipeline" and values[key] < 1:
-            raise ConfigError(f"{name}.{key}", "must be at least 1")
-    for key in ("token", "basic_auth"):
-        if key in values:
-            register_secret(values[key])
-    if name == "flower" and values.get("basic_auth") and ":" not in values["basic_auth"]:
-        raise ConfigError("flower.basic_auth", 'expected "user:password"')
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = _in_range(value, f"{name}.{key}", _LIMITS[f"{name}.{key}"])
+            value = number if isinstance(default, float) else value
+        values[key] = value
+    if name == "pipeline" and values["backoff_cap"] < values["backoff_base"]:
+        # The cap would win from the first retry on: the backoff would not grow.
+        base, cap = values["backoff_base"], values["backoff_cap"]
+        raise ConfigError(
+            "pipeline.backoff_cap", f"must be at least pipeline.backoff_base ({base:g}), got {cap:g}"
+        )
+    register_secret(values.get("token"))
+    basic_auth = values.get("basic_auth")
+    if name == "flower" and basic_auth:
+        if ":" not in basic_auth:
+            raise ConfigError("flower.basic_auth", 'expected "user:password"')
+        user, _, password = basic_auth.partition(":")
+        # Flower's Authorization header carries base64("user:password"): masked too.
+        register_secret(password, login=user)
+        register_secret(basic_auth)
     return cls(**values)
+
+
+def _check_visibility(pipeline: PipelineConfig, providers: tuple[ProviderConfig, ...]) -> None:
+    """Redis hands an unacknowledged task to another worker after the visibility
+    timeout: one shorter than a countdown or than a provider call would run a send
+    twice, and send its SMS twice."""
+    key, timeout = "pipeline.visibility_timeout", pipeline.visibility_timeout
+    if timeout <= MAX_COUNTDOWN:
+        raise ConfigError(key, f"must exceed the longest countdown, {MAX_COUNTDOWN:g} s, got {timeout:g}")
+    for p in providers:
+        call = p.connect_timeout + p.timeout
+        if timeout <= call:
+            raise ConfigError(
+                key,
+                f"must exceed the longest provider call, providers.{p.name}.connect_timeout + timeout"
+                f" = {call:g} s, got {timeout:g}",
+            )
 
 
 def _phones(data: Mapping[str, Any]) -> PhonesConfig:
@@ -370,13 +519,15 @@ def parse(data: Mapping[str, Any], source: str = "<dict>") -> Settings:
     if not isinstance(providers_table, Mapping):
         raise ConfigError("providers", "expected a table of provider instances")
     providers = tuple(_provider(name, table) for name, table in providers_table.items())
+    pipeline = _section(data, "pipeline", PipelineConfig)
+    _check_visibility(pipeline, providers)
     return Settings(
         database_url=database_url,
         broker_url=broker_url,
         providers=providers,
         api=_section(data, "api", ApiConfig),
         flower=_section(data, "flower", FlowerConfig),
-        pipeline=_section(data, "pipeline", PipelineConfig),
+        pipeline=pipeline,
         polling=_section(data, "polling", PollingConfig),
         phones=_phones(data),
         source=source,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,163 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         config.load(env={"SMSDISPATCH_CONFIG": str(tmp_path / "nope.toml")})
     assert info.value.key == "SMSDISPATCH_CONFIG"
+
+
+# -- numeric settings (issue 12, item 10) ----------------------------------------------
+
+DAY = 86400
+MONTH = 30 * DAY
+
+# Every numeric setting: (integer?, the least value allowed, whether that least value
+# itself is refused, the upper bound or None). Written out here, not read from the code,
+# so that a changed range shows as a failing case.
+NUMERIC: dict[str, tuple[bool, float | None, bool, float | None]] = {
+    "api.port": (True, 1, False, 65535),
+    "flower.port": (True, 1, False, 65535),
+    "pipeline.default_ttl": (False, 0, True, MONTH),
+    "pipeline.max_attempts": (True, 1, False, None),
+    "pipeline.breaker_threshold": (True, 1, False, None),
+    "pipeline.breaker_cooldown": (False, 0, True, DAY),
+    "pipeline.backoff_base": (False, 0, True, DAY),
+    "pipeline.backoff_cap": (False, 0, True, DAY),
+    "pipeline.exhausted_delay": (False, 0, True, DAY),
+    "pipeline.status_horizon": (False, 0, True, MONTH),
+    "pipeline.sweeper_interval": (False, 0, True, DAY),
+    "pipeline.sweeper_stale_after": (False, 0, True, DAY),
+    "pipeline.visibility_timeout": (False, 0, True, DAY),
+    "pipeline.soft_shutdown_timeout": (False, 0, False, DAY),
+    "pipeline.publish_batch": (True, 1, False, None),
+    "pipeline.group_size": (True, 1, False, None),
+    "pipeline.call_concurrency": (True, 1, False, None),
+    "pipeline.linger": (False, 0, False, 10),
+    "polling.interval": (False, 0, True, DAY),
+    "polling.max_calls_per_cycle": (True, 1, False, None),
+    "polling.queue_fallback_after": (False, 0, False, DAY),
+    "polling.queue_interval": (False, 0, True, DAY),
+    "polling.queue_rounds": (True, 1, False, None),
+    "polling.balance_interval": (False, 0, True, DAY),
+    "providers.main.timeout": (False, 0, True, DAY),
+    "providers.main.connect_timeout": (False, 0, True, DAY),
+    "providers.main.rate_limit": (False, 0, False, None),
+    "providers.main.max_retries": (True, 0, False, None),
+    "providers.main.reconcile_after": (False, 0, False, DAY),
+    "providers.main.priority": (True, None, False, None),
+    "providers.main.balance_threshold": (False, None, False, None),
+}
+
+
+def _bad_values(key: str) -> list[str]:
+    """The TOML spellings of values ``key`` must refuse."""
+    integer, low, low_refused, high = NUMERIC[key]
+    values = {"nan", "inf", "-inf", "true"} | ({"1.5"} if integer else set())
+    if low is not None:
+        values |= {str(int(low))} if low_refused else {str(int(low) - 1), "-1"}
+    if high is not None:
+        values.add(str(int(high) + 1))
+    if key.endswith(".port"):
+        values |= {"0", "65536", "99999"}
+    return sorted(values)
+
+
+def _with(key: str, value: str) -> str:
+    """GOOD with ``key = value`` set."""
+    section, _, name = key.rpartition(".")
+    if section == "providers.main":
+        text = GOOD.replace("priority = 1\n", "") if name == "priority" else GOOD
+        return text.replace("[providers.main]\n", f"[providers.main]\n{name} = {value}\n")
+    return f"{GOOD}\n[{section}]\n{name} = {value}\n"
+
+
+@pytest.mark.parametrize(("key", "value"), [(k, v) for k in NUMERIC for v in _bad_values(k)])
+def test_a_bad_number_is_refused_naming_the_key_and_the_value(tmp_path: Path, key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, _with(key, value)), env={})
+    assert info.value.key == key
+    # The reason says what was found, as the file spells it.
+    assert f"got {value}" in info.value.reason, info.value.reason
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1", "true", "86401"])
+def test_a_bad_polling_interval_entry_is_refused(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, f"{GOOD}\n[polling]\nintervals = [10, {value}]\n"), env={})
+    assert info.value.key == "polling.intervals"
+    assert "entry 2" in info.value.reason and f"got {value}" in info.value.reason, info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "says"),
+    [
+        # The cap would win from the first retry on.
+        ("[pipeline]\nbackoff_base = 5.0\nbackoff_cap = 1.0\n", "pipeline.backoff_cap", "backoff_base"),
+        # Redis would hand a task counting down to a second worker: the SMS goes twice.
+        ("[pipeline]\nvisibility_timeout = 10\n", "pipeline.visibility_timeout", "countdown"),
+        # ... or a task still waiting for the provider's reply (10 s + 3 s by default).
+        ("[pipeline]\nvisibility_timeout = 12\n", "pipeline.visibility_timeout", "providers.main"),
+    ],
+)
+def test_settings_that_contradict_each_other_are_refused(
+    tmp_path: Path, table: str, key: str, says: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, f"{GOOD}\n{table}"), env={})
+    assert info.value.key == key and says in info.value.reason, info.value
+
+
+def test_an_integer_too_large_for_a_float_is_a_config_error(tmp_path: Path) -> None:
+    huge = "9" * 400  # TOML integers are exact in Python; float() of this overflows
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, _with("providers.main.rate_limit", huge)), env={})
+    assert info.value.key == "providers.main.rate_limit"
+    assert "finite" in info.value.reason and len(str(info.value)) < 200
+
+
+def test_the_limits_cover_every_number_and_keep_the_meaningful_edges(tmp_path: Path) -> None:
+    from dispatcher import validation
+    from dispatcher.sending import MAX_COUNTDOWN
+
+    # The constants config repeats (validation and sending import config) agree.
+    assert config.MAX_TTL == validation.MAX_TTL and config.MAX_COUNTDOWN == MAX_COUNTDOWN
+    # NUMERIC above names every numeric setting there is.
+    numeric = {
+        f"{section}.{f.name}"
+        for section, cls in (
+            ("api", config.ApiConfig),
+            ("flower", config.FlowerConfig),
+            ("pipeline", config.PipelineConfig),
+            ("polling", config.PollingConfig),
+            ("providers.main", config.ProviderConfig),
+        )
+        for f in fields(cls)
+        if f.type in ("int", "float", "float | None")
+    }
+    assert numeric == set(NUMERIC)
+    # The edges the code's comments call meaningful load: 0 for "unlimited", "no wait",
+    # "at once"; the bounds themselves.
+    edges = {
+        "pipeline": f"default_ttl = {MONTH}\nstatus_horizon = {MONTH}\nlinger = 0\n"
+        "soft_shutdown_timeout = 0\n",
+        "polling": "queue_fallback_after = 0\nintervals = [86400]\n",
+        "api": "port = 65535\n",
+        "flower": "port = 1\n",
+    }
+    text = GOOD + "".join(f"\n[{name}]\n{body}" for name, body in edges.items())
+    for key in ("rate_limit = 0", "reconcile_after = 0", "max_retries = 0", "balance_threshold = -100.5"):
+        text = text.replace("[providers.main]\n", f"[providers.main]\n{key}\n")
+    settings = config.load(write(tmp_path, text), env={})
+    assert (
+        settings.pipeline.linger == 0
+        and settings.api.port == 65535
+        and settings.provider("main").rate_limit == 0
+    )
+
+
+def test_doctor_refuses_a_bad_number_at_start_up_naming_the_key(tmp_path: Path) -> None:
+    from tests.support import run_cli
+
+    result = run_cli(write(tmp_path, GOOD + "\n[pipeline]\nsweeper_interval = nan\n"), "doctor", timeout=60)
+    assert result.returncode != 0
+    # One line that names the key and says why, not a traceback.
+    lines = [line for line in result.stderr.splitlines() if "pipeline.sweeper_interval" in line]
+    assert len(lines) == 1 and "finite" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr, result.stderr

@@ -32,9 +32,12 @@ def test_bulk_csv_list_cancel_retry(stack: Stack, sim: Simulator, tmp_path: Path
 
     cancelled = cli(stack, "cancel", ids[0], "--json")
     assert cancelled.returncode == 0
-    assert json.loads(cancelled.stdout) == {"id": ids[0], "done": True, "from": "queued", "status": "failed"}
+    assert json.loads(cancelled.stdout) == {
+        "id": ids[0], "done": True, "outcome": "cancelled", "from": "queued", "status": "failed",
+        "reason": "cancelled by the operator",
+    }  # fmt: skip
     again = cli(stack, "cancel", ids[0], "--json")
-    assert again.returncode == 1 and "only queued or scheduled" in again.stderr
+    assert again.returncode == 1 and "only queued, scheduled or sending" in again.stderr
 
     stack.start_worker()
     assert set(stack.wait_until(ids[1:], SETTLED).values()) <= TAKEN
