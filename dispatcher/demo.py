@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from dispatcher import api, config, db
 from dispatcher.models import ATTEMPTS, MESSAGES
-from dispatcher.simulator.core import Simulator
+from dispatcher.simulator.core import INVALID_PREFIX, Simulator
 from dispatcher.status import FINAL, Status
 
 SETTLED = {s.value for s in FINAL} | {Status.UNKNOWN.value}
@@ -84,16 +84,20 @@ def demo_table(sim: Simulator, db_url: str, broker_url: str) -> dict[str, Any]:
     return table
 
 
+MOBILE_CODES = ("16", "26", "03")  # +7 916, 926, 903
+
+
 def make_load(n: int, rng: random.Random) -> list[dict[str, Any]]:
     load = []
     for _ in range(n):
         roll = rng.random()
         if roll < 0.01:
-            to = f"7000{rng.randrange(10**7):07d}"  # refused as invalid by every provider
+            to = f"{INVALID_PREFIX}{rng.randrange(10**5):05d}"  # refused as invalid by every provider
         elif roll < 0.06:
-            to = f"79{rng.randrange(10**5):05d}0000"  # accepted, never delivered
+            to = f"79{rng.choice(MOBILE_CODES)}{rng.randrange(10**3):03d}0000"  # accepted, never delivered
         else:
-            to = f"79{rng.randrange(10**9):09d}"
+            # Real mobile ranges: intake refuses numbers libphonenumber knows as no number.
+            to = f"79{rng.choice(MOBILE_CODES)}{rng.randrange(10**7):07d}"
             if to.endswith(("0000", "9999")):
                 to = to[:-1] + "1"
         if rng.random() < 0.1:

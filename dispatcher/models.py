@@ -61,9 +61,10 @@ class Message(MessageBase, table=True):
     next_poll_at: datetime | None = None
     polls: int = 0
     last_error: str | None = Field(default=None, sa_column=Column(Text))
-    # The recipient's region (ISO 3166 code libphonenumber gives its number), `to`
-    # being its E.164 digits without the +.
-    region: str | None = Field(default=None, max_length=2)
+    # The recipient's region (the ISO 3166 code libphonenumber gives its number, or
+    # "001" for a non-geographic one: satellite, global services), `to` being its
+    # E.164 digits without the +.
+    region: str | None = Field(default=None, max_length=3)
     # An operator asked to cancel it while a call for it was in doubt or in flight:
     # the send path settles that call first, then cancels instead of sending again.
     cancel_requested_at: datetime | None = None

@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dispatcher.config import Settings, check_sender
+from dispatcher.config import PhonesConfig, Settings, check_sender
 from dispatcher.errors import ConfigError, ValidationError
+from dispatcher.phones import Phone, read_phone
 from dispatcher.segments import MAX_PARTS, count_parts, encoding
 
 PRIORITIES = ("high", "normal")
-_PHONE_JUNK = re.compile(r"[\s()\-.]")
 MAX_TEXT = 2000  # characters; long before that the part limit applies
 MAX_TTL = 30 * 24 * 3600.0  # a month: an SMS older than that is not worth sending
+MAX_AHEAD = timedelta(days=366)  # how far ahead `at` may be
 # NUL and other C0 controls (PostgreSQL refuses NUL in text; no phone shows them).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -43,6 +44,7 @@ class NewMessage:
     # is None once it has passed) and `ttl` (expires_at is derived from the time).
     requested_at: datetime | None = None
     requested_ttl: float | None = None
+    region: str | None = None  # of `to`, ISO 3166 (RU, KZ); None in rows stored before it
 
     def payload_hash(self) -> str:
         """What idempotency compares: the same key must come with the same payload.
@@ -62,47 +64,74 @@ class NewMessage:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def normalize_phone(value: Any, field: str = "to") -> str:
-    """Digits with the country code: ``+7 916 123-45-67`` and ``89161234567`` both
-    become ``79161234567``."""
-    if not isinstance(value, str | int) or isinstance(value, bool):
-        raise ValidationError(field, "expected a phone number as a string")
-    raw = str(value).strip()
-    if not raw:
-        raise ValidationError(field, "empty phone number")
-    plus = raw.startswith("+")
-    digits = _PHONE_JUNK.sub("", raw[1:] if plus else raw)
-    # str.isdigit() also takes Arabic-Indic and other Unicode digits: ASCII only.
-    if not re.fullmatch(r"[0-9]+", digits):
-        raise ValidationError(field, f"only digits, spaces, ()-. and a leading + are allowed: {raw!r}")
-    if not plus:
-        # Russian national forms: 8 916 ... (trunk prefix) and 916 ... (ten digits).
-        if len(digits) == 11 and digits.startswith("8"):
-            digits = "7" + digits[1:]
-        elif len(digits) == 10 and digits.startswith("9"):
-            digits = "7" + digits
-    if digits.startswith("0"):
-        raise ValidationError(field, f"a country code cannot start with 0: {raw!r}")
-    if digits.startswith("7") and len(digits) != 11:
-        raise ValidationError(field, f"a +7 number has 11 digits, got {len(digits)}: {raw!r}")
-    if not 10 <= len(digits) <= 15:
-        raise ValidationError(
-            field, f"an international number has 10 to 15 digits, got {len(digits)}: {raw!r}"
-        )
-    return digits
+def _shown(value: Any) -> str:
+    """A value for an error message: short, and never raising (repr of a huge int does)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit integer"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def normalize_phone(value: Any, field: str = "to", phones: PhonesConfig | None = None) -> str:
+    """E.164 digits without "+": ``+7 916 123-45-67`` and ``89161234567`` both become
+    ``79161234567``. Refuses what cannot receive an SMS (see ``dispatcher.phones``)."""
+    return _read_phone(value, field, phones or PhonesConfig()).digits
+
+
+def _read_phone(value: Any, field: str, phones: PhonesConfig) -> Phone:
+    return read_phone(
+        value, field, default_region=phones.default_region, allowed_regions=phones.allowed_regions
+    )
+
+
+def _is_noncharacter(code: int) -> bool:
+    # U+FDD0..U+FDEF and the last two code points of every plane are reserved for a
+    # program's own use (Unicode 15, section 23.7): they mean nothing on a handset.
+    return 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` holds a character no SMS can carry, or None; positions count
+    characters from 1.
+
+    Both SMS alphabets (GSM 03.38 and UCS-2, 3GPP TS 23.038) carry newline and carriage
+    return (GSM-7 has both; tab goes as UCS-2) and no other control character; a lone
+    surrogate has no UTF-16 encoding at all, and NUL also cannot be stored in PostgreSQL.
+    """
+    for i, ch in enumerate(text, 1):
+        code = ord(ch)
+        if 0xD800 <= code <= 0xDFFF:
+            return f"an unpaired surrogate (U+{code:04X}) at character {i} cannot be sent in an SMS"
+        if (code < 0x20 and ch not in "\n\r\t") or 0x7F <= code <= 0x9F:
+            return f"a control character (U+{code:04X}) at character {i} cannot be sent in an SMS"
+        if _is_noncharacter(code):
+            return f"a Unicode noncharacter (U+{code:04X}) at character {i} cannot be sent in an SMS"
+    return None
 
 
 def _as_utc(value: Any, field: str) -> datetime:
+    """An aware datetime or an ISO-8601 string with a zone, as UTC; a time that has no
+    UTC form within datetime's years 1 to 9999 is refused, not left to overflow."""
     if isinstance(value, str):
+        # fromisoformat takes any character between date and time, NUL included (which
+        # PostgreSQL and logs choke on): ISO-8601 has T there, RFC 3339 a space too.
+        odd = not value.isascii() or not value.isprintable() or (len(value) > 10 and value[10] not in "Tt ")
+        if odd or len(value) > 64:
+            raise ValidationError(field, f"not an ISO-8601 time: {value[:64]!r}")
         try:
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise ValidationError(field, f"not an ISO-8601 time: {value!r}") from None
     if not isinstance(value, datetime):
-        raise ValidationError(field, "expected a datetime or an ISO-8601 string")
-    if value.tzinfo is None:
+        raise ValidationError(field, f"expected a datetime or an ISO-8601 string, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
         raise ValidationError(field, "a time needs a zone (UTC or an offset) so that it means one moment")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValidationError(
+            field, f"out of range: {value.isoformat()} has no UTC time within years 1 to 9999"
+        ) from None
 
 
 def validate(
@@ -121,24 +150,28 @@ def validate(
 ) -> NewMessage:
     """Check and normalize one message; ``prefix`` is put before field names."""
     now = now or datetime.now(UTC)
-    phone = normalize_phone(to, f"{prefix}to")
+    phone = _read_phone(to, f"{prefix}to", settings.phones)
 
     if not isinstance(text, str):
         raise ValidationError(f"{prefix}text", "expected a string")
     if not text.strip():
         raise ValidationError(f"{prefix}text", "empty text")
-    if _CONTROL.search(text):
-        raise ValidationError(
-            f"{prefix}text", "control characters other than newline and tab are not allowed"
-        )
     if len(text) > MAX_TEXT:
         raise ValidationError(f"{prefix}text", f"{len(text)} characters, more than {MAX_TEXT}")
+    problem = text_problem(text)
+    if problem:
+        raise ValidationError(f"{prefix}text", problem)
     parts = count_parts(text)
     if parts > MAX_PARTS:
-        enc = encoding(text)
-        per = "153 GSM-7" if enc == "gsm7" else "67 UCS-2"
+        # Counted as they are billed: an escape pair or an emoji is never split, so a
+        # part can carry less than its full 153 septets or 67 code units.
+        per = (
+            "153 GSM-7 septets each; ^{}\\[~]|€ take two"
+            if encoding(text) == "gsm7"
+            else "67 UCS-2 code units each; an emoji takes two"
+        )
         raise ValidationError(
-            f"{prefix}text", f"{parts} SMS parts ({per} characters each), more than the limit of {MAX_PARTS}"
+            f"{prefix}text", f"{parts} SMS parts ({per}), more than the limit of {MAX_PARTS}"
         )
 
     if sender is not None:
@@ -149,19 +182,21 @@ def validate(
         except ConfigError as exc:
             raise ValidationError(f"{prefix}sender", exc.reason) from None
 
-    if key is not None and (not isinstance(key, str) or not key or len(key) > 200 or _CONTROL.search(key)):
+    if key is not None and (
+        not isinstance(key, str) or not key or len(key) > 200 or _CONTROL.search(key) or text_problem(key)
+    ):
         raise ValidationError(
             f"{prefix}key", "expected a non-empty string of at most 200 printable characters"
         )
 
     if priority not in PRIORITIES:
-        raise ValidationError(f"{prefix}priority", f"one of {', '.join(PRIORITIES)}, got {priority!r}")
+        raise ValidationError(f"{prefix}priority", f"one of {', '.join(PRIORITIES)}, got {_shown(priority)}")
 
     if provider is not None:
         names = [p.name for p in settings.providers if p.enabled]
         if provider not in names:
             raise ValidationError(
-                f"{prefix}provider", f"no enabled provider instance {provider!r} ({', '.join(names)})"
+                f"{prefix}provider", f"no enabled provider instance {_shown(provider)} ({', '.join(names)})"
             )
 
     send_at = _as_utc(at, f"{prefix}at") if at is not None else None
@@ -169,17 +204,18 @@ def validate(
         ttl_seconds = settings.pipeline.default_ttl
     elif isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= MAX_TTL:
         raise ValidationError(
-            f"{prefix}ttl", f"expected seconds, more than 0 and at most {MAX_TTL:.0f}, got {ttl!r}"
+            f"{prefix}ttl", f"expected seconds, more than 0 and at most {MAX_TTL:.0f}, got {_shown(ttl)}"
         )
     else:
         ttl_seconds = float(ttl)
+    # Before expires_at is computed: 9999-12-31 plus a TTL is past datetime's range.
+    if send_at and send_at > now + MAX_AHEAD:
+        raise ValidationError(f"{prefix}at", f"more than a year ahead: {send_at.isoformat()}")
     start = max(send_at, now) if send_at else now
     expires_at = start + timedelta(seconds=ttl_seconds)
-    if send_at and send_at > now + timedelta(days=366):
-        raise ValidationError(f"{prefix}at", "more than a year ahead")
 
     return NewMessage(
-        to=phone,
+        to=phone.digits,
         text=text,
         sender=sender,
         key=key,
@@ -191,4 +227,5 @@ def validate(
         encoding=encoding(text),
         requested_at=send_at,
         requested_ttl=None if ttl is None else float(ttl),
+        region=phone.region,
     )

@@ -11,8 +11,8 @@ HTTP-level errors and redaction, so that no adapter touches ``requests`` itself.
 from __future__ import annotations
 
 import logging
-import re
 import time
+import unicodedata
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -177,14 +177,51 @@ class WireReply:
     elapsed: float
 
 
+# The sender rules of the five documents, the strictest taken: my-sms.ru allows "at most
+# 11 Latin or 15 digit characters" (my-sms.md:43) and 1000sms.ru Latin (1000sms.md:83).
+# Of punctuation only the hyphen and the dot appear, in the documents' own examples
+# ("sms-tester", 1000sms.md:100; "REX400.RU", smstele.md:349); none shows a space.
+SENDER_ALPHANUMERIC_MAX = 11
+SENDER_NUMERIC_MAX = 15
+SENDER_PUNCTUATION = ".-"
+# ASCII only: str.isalnum() and str.isdigit() also take Cyrillic, "²" and other digits.
+_SENDER_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_SENDER_DIGITS = frozenset("0123456789")
+
+
+def describe_char(ch: str) -> str:
+    """``U+200B ZERO WIDTH SPACE``: a character named so that an invisible one shows."""
+    return f"U+{ord(ch):04X} {unicodedata.name(ch, 'unnamed')}"
+
+
 def common_sender_problem(sender: str) -> str | None:
-    """Why ``sender`` breaks the strictest documented sender rule of the five (my-sms.ru:
-    at most 11 Latin or 15 digit characters, my-sms.md:43; prostor and 1000sms say
-    Latin), or None. Intake and the configuration hold every sender to it."""
-    if sender.isdigit():
-        return "a numeric sender has at most 15 digits" if len(sender) > 15 else None
-    if not re.fullmatch(r"[A-Za-z0-9 ._-]{1,11}", sender):
-        return "an alphanumeric sender has 1 to 11 Latin letters, digits, space . _ -"
+    """Why ``sender`` breaks the strictest documented sender rule of the five: 1 to 11
+    Latin letters, digits, "." and "-" with at least one letter, or 1 to 15 digits
+    (my-sms.md:43, 1000sms.md:83), or None. Intake and the configuration hold every
+    sender to it, and an adapter whose document says nothing more checks it too."""
+    if not sender:
+        return "an empty sender name"
+    allowed = _SENDER_LETTERS | _SENDER_DIGITS | frozenset(SENDER_PUNCTUATION)
+    for i, ch in enumerate(sender, 1):
+        if ch in allowed:
+            continue
+        where = f"{describe_char(ch)} at character {i}"
+        if unicodedata.category(ch) == "Cf":
+            why = "an invisible format character"
+        elif ch.isspace():
+            edge = i == 1 or i == len(sender)
+            why = "whitespace around the name" if edge else "a space (no provider's document allows one)"
+        else:
+            why = "not a Latin letter, a digit, . or -"
+        return f"{why}: {where}"
+    if all(ch in _SENDER_DIGITS for ch in sender):
+        if len(sender) > SENDER_NUMERIC_MAX:
+            return f"a numeric sender has at most {SENDER_NUMERIC_MAX} digits, got {len(sender)}"
+        return None
+    if len(sender) > SENDER_ALPHANUMERIC_MAX:
+        return f"an alphanumeric sender has at most {SENDER_ALPHANUMERIC_MAX} characters, got {len(sender)}"
+    if not any(ch in _SENDER_LETTERS for ch in sender):
+        return "an alphanumeric sender has a Latin letter (a numeric one has only digits)"
     return None
 
 

@@ -39,6 +39,7 @@ from dispatcher.providers.base import (
     StatusReport,
     WireReply,
     WireRequest,
+    common_sender_problem,
     int_range,
     parse_amount,
     parse_count,
@@ -134,6 +135,16 @@ class Prostor(Provider):
         "internal error": ErrorRule(R, "internal error", _OURS),
         "service unavailable": ErrorRule(R, "service temporarily unavailable", _OURS),
     }
+
+    @classmethod
+    def sender_refusal(cls, sender: str | None) -> tuple[str, str] | None:
+        # `sender` is optional (prostor.md:62) and registered per account
+        # (prostor.md:251-307), with no form given, so the rule shared by the five
+        # applies; a name breaking it would fetch "sender address invalid" (prostor.md:77).
+        problem = common_sender_problem(sender) if sender else None
+        return (
+            ("sender address invalid", f"sender {sender!r}: {problem} (prostor.md:62)") if problem else None
+        )
 
     def group_key(self, msg: OutgoingSms) -> Hashable:
         # scheduleTime belongs to the request, not to a message (prostor.md:25).

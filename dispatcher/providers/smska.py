@@ -26,6 +26,7 @@ from dispatcher.providers.base import (
     StatusReport,
     WireReply,
     WireRequest,
+    common_sender_problem,
     parse_amount,
 )
 from dispatcher.status import Status
@@ -73,7 +74,10 @@ class SmsKa(Provider):
             # Listed among the send parameters with none marked optional (sms-ka.md:49);
             # without it every send answers -4 (sms-ka.md:135).
             return "-4", "a SenderID is needed on every send (sms-ka.md:49): set sender"
-        return None
+        # The document gives no form for it (sms-ka.md:49), so the rule shared by the
+        # five applies; a name breaking it would fetch -7 (sms-ka.md:147).
+        problem = common_sender_problem(sender)
+        return ("-7", f"sender {sender!r}: {problem} (sms-ka.md:49)") if problem else None
 
     def _sender(self, msg: OutgoingSms) -> str | None:
         return msg.sender or self.config.sender

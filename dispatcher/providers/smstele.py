@@ -29,6 +29,7 @@ from dispatcher.providers.base import (
     StatusReport,
     WireReply,
     WireRequest,
+    common_sender_problem,
     int_range,
     one_of,
     parse_count,
@@ -223,6 +224,14 @@ class SmsTele(Provider):
         "-42": ErrorRule(F, "too many segments", "smstele.md:400", "request"),
         "-43": ErrorRule(F, "not enough credits", "smstele.md:401", "account"),
     }
+
+    @classmethod
+    def sender_refusal(cls, sender: str | None) -> tuple[str, str] | None:
+        # `sender` is optional and must be registered beforehand (smstele.md:43); the
+        # document gives no form of its own, so the rule shared by the five applies. A
+        # name breaking it would fetch -31 (smstele.md:394).
+        problem = common_sender_problem(sender) if sender else None
+        return ("-31", f"sender {sender!r}: {problem} (smstele.md:43)") if problem else None
 
     def group_key(self, msg: OutgoingSms) -> Hashable:
         # One call carries one text to many phones (smstele.md:35).

@@ -16,7 +16,9 @@ from typing import Any, ClassVar
 from dispatcher.segments import count_parts
 
 FINAL_STAGES = ("delivered", "undelivered", "expired")
-INVALID_PREFIX = "7000"
+# A valid Russian mobile range to libphonenumber, so that such a number passes intake
+# and reaches the provider (7000... is no number at all and is refused before that).
+INVALID_PREFIX = "790000"
 UNDELIVERED_SUFFIX = "0000"
 SILENT_SUFFIX = "9999"
 

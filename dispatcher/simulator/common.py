@@ -16,8 +16,9 @@ def phone_ok(phone: str) -> bool:
 def sender_ok(sender: str) -> bool:
     if sender in BLOCKED_SENDERS:
         return False
-    if sender.isdigit():
-        return len(sender) <= 15
+    # ASCII digits only: str.isdigit() also takes "²³" and Arabic-Indic digits.
+    if re.fullmatch(r"[0-9]+", sender):
+        return len(sender) <= 15  # my-sms.md:43
     return bool(re.fullmatch(r"[A-Za-z0-9 ._-]{1,11}", sender))
 
 

@@ -7,7 +7,7 @@ status moving on over time, status queues. Fault injection sits in front of ever
 call and can be changed at run time over ``/_sim/`` control endpoints.
 
 Test numbers (digits after normalization):
-- starting ``7000``: the provider refuses the number as invalid;
+- starting ``790000`` (``INVALID_PREFIX``): the provider refuses the number as invalid;
 - ending ``0000``: accepted, then ends undelivered;
 - ending ``9999``: accepted and handed on, but never reports a final status;
 - anything else: accepted, sent, delivered.

@@ -63,7 +63,7 @@ class SmsKaSim(SimProvider):
         if not text or not phone or not sender:
             return self._error("-4")
         russian_only = self.state.quirk("msisdn_79_only")
-        if not phone_ok(phone) or (russian_only and not re.fullmatch(r"79\d{9}", phone)):
+        if not phone_ok(phone) or (russian_only and not re.fullmatch(r"79[0-9]{9}", phone)):
             return self._error("-6")
         if not sender_ok(sender):
             return self._error("-7")

@@ -19,7 +19,7 @@ def test_bulk_to_prostor_goes_in_batches_of_200(any_stack: Stack, sim: Simulator
     any_stack.configure(providers=["prostor"], pipeline={"publish_batch": 200})
     any_stack.start_worker()
     messages = [{"to": f"7916{n:07d}", "text": f"batch {n}"} for n in range(1, 451)]
-    messages[123]["to"] = "70001234567"  # refused by the provider: only this one
+    messages[123]["to"] = "79000001234"  # refused by the provider: only this one
     ids = api.send_bulk(messages)
     statuses = any_stack.wait_until(ids, SETTLED, timeout=60)
     assert statuses[ids[123]] == "rejected"

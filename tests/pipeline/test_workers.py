@@ -138,7 +138,7 @@ def test_hang_at_reconcilable_provider_is_asked_not_resent(stack: Stack, sim: Si
 def test_reject_on_invalid_number_tries_no_other_provider(stack: Stack, sim: Simulator) -> None:
     stack.configure(providers=["sms1000", "prostor"])
     stack.start_worker()
-    mid = api.send_sms("70001234567", "bad number")
+    mid = api.send_sms("79000001234", "bad number")
     assert stack.wait_until([mid], SETTLED)[mid] == "rejected"
     message = api.get_message(mid)
     assert message is not None

@@ -179,10 +179,10 @@ def test_sender_breaking_the_rule_fails_over_without_a_call(
 
 
 def test_good_senders_pass_and_go_out(provider_for: Callable[..., Provider], sim: Simulator) -> None:
-    for sender in ("sms-tester", "SmsDemo", "Shop 24", "ABCD", "Abcdefghijk"):
+    for sender in ("sms-tester", "SmsDemo", "Shop-24", "Shop.24", "ABCD", "Abcdefghijk"):
         assert Sms1000.sender_problem(sender) is None, sender
     provider = provider_for("sms1000")
-    outcomes = provider.send([sms(sender="ab"), sms(sender="Shop 24")])
+    outcomes = provider.send([sms(sender="ab"), sms(sender="Shop-24")])
     assert [o.error.code if o.error else None for o in outcomes] == ["621", None]
     assert sim["sms1000"].state.stats()["messages"] == 1
 

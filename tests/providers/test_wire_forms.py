@@ -103,7 +103,7 @@ def test_smstele_bad_phone_in_a_list_fails_only_that_message(
     provider = provider_for("smstele")
     batch = [
         sms(to="79161110001", text="t"),
-        sms(to="70001110002", text="t"),
+        sms(to="79000001112", text="t"),
         sms(to="79161110003", text="t"),
     ]
     outcomes = provider.send(batch)

@@ -110,7 +110,7 @@ def test_smstele_send_example_2_shape(sim: Simulator) -> None:
     fields = {
         "login": "demo",
         "psw": password_for("smstele"),
-        "phones": "79160001234,70002233645,70006771707,79260004567",
+        "phones": "79160001234,79000002233,79000006771,79260004567",
         "mes": "Test message 1",
         "id": "custom-message-id-test-22",
     }

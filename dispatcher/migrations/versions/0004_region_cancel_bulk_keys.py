@@ -17,7 +17,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("messages", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("region", sa.String(length=2), nullable=True))
+        batch_op.add_column(sa.Column("region", sa.String(length=3), nullable=True))
         batch_op.add_column(sa.Column("cancel_requested_at", sa.DateTime(timezone=True), nullable=True))
     op.create_table(
         "bulk_requests",
