@@ -9,15 +9,24 @@
 
 Everything under /v1 needs ``Authorization: Bearer <api.token>``. /healthz and
 /metrics carry no message content and answer without it, for probes and scrapers.
-Errors are JSON ``{"error": {"field": ..., "reason": ...}}`` with a 4xx status.
+
+Every error, whatever refuses the request, is JSON ``{"error": {"field": ..., "reason": ...}}``:
+400 a body that is not JSON (field ``body``), 401 (``authorization``), 404 an unknown
+route (``path``) or message (``message_id``), 405 a method the route does not take
+(``method``), 409 an idempotency key reused with another payload, 422 a field or
+parameter at fault, named as the request spells it (``to``, ``messages[3].ttl``,
+``since``, ``Idempotency-Key``). A fault of ours is a 500 with ``field`` null and
+``reason`` "internal error": logged here, never a traceback to the client.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route functions'
 # annotations at runtime, and they name `bearer`, a local of create_app.
 import hmac
+import logging
+import re
 import statistics
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
@@ -25,32 +34,93 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic_core import PydanticCustomError
 from sqlalchemy import func, select, text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatcher import api
 from dispatcher.config import Settings
 from dispatcher.errors import ConfigError, ValidationError
 from dispatcher.models import ATTEMPTS, MESSAGES, utcnow
+from dispatcher.validation import MAX_TTL
+
+log = logging.getLogger("smsdispatch.http")
+
+# NUL and the other C0 controls: PostgreSQL refuses NUL in text (a query with one
+# raises), and no id, status, provider name or time contains any of them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _instant(value: str, room: timedelta) -> str:
+    """Refuse a time that parses but cannot be computed with: 9999-12-31 at -01:00 is
+    past the last datetime once in UTC, and an ``at`` near it leaves no room for its
+    expiry (``at`` + ttl). Checked here so that no such value reaches the ledger's
+    arithmetic; unparseable text and a missing zone are left to the validation of
+    ``dispatcher.validation``, which words those refusals for every producer."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    if parsed.tzinfo is None:
+        return value
+    try:
+        moment = parsed.astimezone(UTC)
+        _ = moment + room  # only whether it overflows
+    except OverflowError:
+        raise PydanticCustomError(
+            "time_out_of_range",
+            "out of range: {value} is too close to the first or last representable time",
+            {"value": value},
+        ) from None
+    return value
+
+
+def _at(value: str) -> str:
+    return _instant(value, timedelta(seconds=MAX_TTL))
+
+
+def _bound(value: str | None) -> str | None:
+    return None if value is None else _instant(value, timedelta(0))
 
 
 class MessageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a JSON `true` is not the number 1, nor "5" the number 5 (lax pydantic
+    # takes both); a JSON integer is still a float.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     to: str = Field(description="phone number: +7 916 123-45-67, 89161234567, 79161234567 ...", max_length=40)
     text: str = Field(max_length=2000)
     sender: str | None = Field(default=None, max_length=15)
     key: str | None = Field(default=None, description="idempotency key", max_length=200)
     at: str | None = Field(default=None, description="send time, ISO-8601 with a zone", max_length=64)
-    ttl: float | None = Field(default=None, description="seconds the message may wait before it expires")
+    ttl: float | None = Field(
+        default=None, description="seconds the message may wait before it expires", gt=0, le=MAX_TTL,
+        allow_inf_nan=False,
+    )  # fmt: skip
     priority: Literal["high", "normal"] = "normal"
     provider: str | None = Field(default=None, description="pin one provider instance", max_length=40)
 
+    @field_validator("at")
+    @classmethod
+    def _at_in_range(cls, value: str | None) -> str | None:
+        return None if value is None else _at(value)
+
 
 class BulkIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     messages: list[MessageIn] = Field(min_length=1, max_length=10000)
+
+
+def _body_kind(value: Any) -> str:
+    # An object with "messages" is a bulk call, anything else one message: one model
+    # validates it, so its errors name the field at fault, not the other model's.
+    return "bulk" if isinstance(value, dict) and "messages" in value else "one"
+
+
+Body = Annotated[Annotated[MessageIn, Tag("one")] | Annotated[BulkIn, Tag("bulk")], Discriminator(_body_kind)]
 
 
 class Created(BaseModel):
@@ -64,7 +134,7 @@ class BulkCreated(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    field: str
+    field: str | None = Field(description="the field or parameter at fault; null for a fault of ours")
     reason: str
 
 
@@ -73,12 +143,66 @@ class ErrorOut(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut},
+    400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut},
+    422: {"model": ErrorOut},
 }  # fmt: skip
 
+# Where pydantic puts a request error, and the names of the body's union members:
+# neither is part of the field's name as the client wrote it.
+_LOCATIONS = {"body", "query", "path", "header", "cookie"}
+_TAGS = {"one", "bulk"}
 
-def _error(status: int, field: str, reason: str) -> JSONResponse:
-    return JSONResponse({"error": {"field": field, "reason": reason}}, status_code=status)
+
+def _error(
+    status: int, field: str | None, reason: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": {"field": field, "reason": reason}}, status_code=status, headers=headers)
+
+
+def _field_name(loc: Sequence[Any]) -> str:
+    """``("body", "bulk", "messages", 3, "ttl")`` -> ``messages[3].ttl``, as
+    ``dispatcher.api`` names the fields of a bulk call; a header by its usual spelling."""
+    parts = list(loc)
+    if parts and parts[0] == "header" and len(parts) > 1:
+        return "-".join(w.capitalize() for w in str(parts[1]).split("-"))
+    name = ""
+    for i, part in enumerate(parts):
+        if (i == 0 and part in _LOCATIONS) or (i <= 1 and part in _TAGS):
+            continue
+        if isinstance(part, int):
+            name += f"[{part}]"
+        else:
+            name += f".{part}" if name else str(part)
+    return name or "body"
+
+
+class _InternalErrors:
+    """Any exception a handler lets out ends as a JSON 500 and a log line here (through
+    the root handlers, which redact secrets), never as a traceback to the client.
+    Starlette's own catch-all answers in plain text and raises again to the server."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception:
+            log.exception("internal error answering %s %s", scope.get("method"), scope.get("path"))
+            if started:  # part of a response went out: nothing valid can follow it
+                raise
+            await _error(500, None, "internal error")(scope, receive, send)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -86,36 +210,65 @@ def create_app(settings: Settings) -> FastAPI:
     if not token:
         raise ConfigError("api.token", "missing: the HTTP API needs a bearer token")
     app = FastAPI(title="smsdispatch", version="1", description=__doc__)
+    app.add_middleware(_InternalErrors)
     bearer = HTTPBearer(auto_error=False)
 
     def auth(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
         if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
             raise HTTPException(401, "a valid bearer token is required")
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        field = "authorization" if exc.status_code == 401 else "path"
-        response = _error(exc.status_code, field, str(exc.detail))
+    def printable(request: Request) -> None:
+        # After auth: a stranger learns nothing. A control character in a path
+        # parameter names nothing that can exist (404); in a query parameter it is a
+        # value no filter takes (422). Either way it never reaches a query.
+        for name, value in request.path_params.items():
+            if isinstance(value, str) and _CONTROL.search(value):
+                raise HTTPException(404, f"no such {name}: it contains control characters")
+        for name, value in request.query_params.multi_items():
+            if _CONTROL.search(value):
+                raise ValidationError(name, "control characters are not allowed")
+
+    # Registered for Starlette's class: the router raises that one for an unknown
+    # route (404) or method (405), and it would otherwise answer {"detail": ...}.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
         if exc.status_code == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+            field = "authorization"
+            headers["WWW-Authenticate"] = "Bearer"
+        elif exc.status_code == 405:
+            field = "method"
+            return _error(405, field, f"{request.method} is not allowed on {request.url.path}", headers)
+        elif exc.status_code == 400 and not request.path_params:
+            # FastAPI's own 400: a body it could not even decode (not UTF-8).
+            return _error(400, "body", f"not a readable JSON body: {exc.detail}", headers)
+        elif request.path_params:
+            field = next(iter(request.path_params))
+        else:  # the router found no route
+            field = "path"
+            if exc.status_code == 404:
+                return _error(404, field, f"no such route: {request.url.path}", headers)
+        return _error(exc.status_code, field, str(exc.detail), headers)
 
     @app.exception_handler(RequestValidationError)
     async def request_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": ["body"], "msg": "invalid request"}
-        field = ".".join(str(p) for p in first.get("loc", []) if p != "body") or "body"
-        return _error(422, field, str(first.get("msg", "invalid")))
+        errors = exc.errors()
+        first: dict[str, Any] = dict(errors[0]) if errors else {"loc": ["body"], "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # not JSON at all: nothing to name in it
+            context: dict[str, Any] = first.get("ctx") or {}
+            return _error(400, "body", f"not valid JSON: {context.get('error', 'malformed')}")
+        return _error(422, _field_name(first.get("loc", ())), str(first.get("msg", "invalid")))
 
     @app.exception_handler(ValidationError)
     async def our_error(request: Request, exc: ValidationError) -> JSONResponse:
         status = 409 if isinstance(exc, api.IdempotencyConflict) else 422
         return _error(status, exc.field, exc.reason)
 
-    guarded = [Depends(auth)]
+    guarded = [Depends(auth), Depends(printable)]
 
     @app.post("/v1/messages", status_code=201, dependencies=guarded, responses=ERRORS)
     def post_messages(
-        body: MessageIn | BulkIn,
+        body: Body,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Created | BulkCreated:
         """Queue one message, or many in one transaction (all or nothing)."""
@@ -128,13 +281,10 @@ def create_app(settings: Settings) -> FastAPI:
             mid = api.send_sms(**fields)
             message = api.get_message(mid) or {}
             return Created(id=mid, status=str(message.get("status")))
-        items = []
-        for n, m in enumerate(body.messages):
-            fields = m.model_dump(exclude_none=True)
-            if idempotency_key and "key" not in fields:
-                fields["key"] = f"{idempotency_key}:{n}"  # one key for the call, one per message
-            items.append(fields)
-        ids = api.send_bulk(items)
+        # The call's key covers the whole payload: send_bulk derives the per-message
+        # keys and refuses the same key with another list (IdempotencyConflict, 409).
+        items = [m.model_dump(exclude_none=True) for m in body.messages]
+        ids = api.send_bulk(items, key=idempotency_key)
         return BulkCreated(ids=ids, count=len(ids))
 
     @app.get("/v1/messages/{message_id}", dependencies=guarded, responses=ERRORS)
@@ -149,8 +299,12 @@ def create_app(settings: Settings) -> FastAPI:
     def list_messages(
         status: str | None = None,
         provider: str | None = None,
-        since: Annotated[str | None, Query(description="ISO-8601 with a zone")] = None,
-        until: Annotated[str | None, Query(description="ISO-8601 with a zone")] = None,
+        since: Annotated[
+            str | None, Query(description="ISO-8601 with a zone"), AfterValidator(_bound)
+        ] = None,
+        until: Annotated[
+            str | None, Query(description="ISO-8601 with a zone"), AfterValidator(_bound)
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 100,
     ) -> list[dict[str, Any]]:
         """Messages newest first."""
@@ -199,7 +353,7 @@ def _labels(**labels: Any) -> str:
 def render_metrics(settings: Settings) -> str:
     from dispatcher.coordination import coordinator_for
     from dispatcher.db import session_scope
-    from dispatcher.health import queue_depths, stuck_messages, worker_health
+    from dispatcher.health import intake_refusals, queue_depths, stuck_messages, worker_health
 
     lines: list[str] = []
 
@@ -278,5 +432,15 @@ def render_metrics(settings: Settings) -> str:
         "gauge",
         "1 when workers consume.",
         [({}, 1.0 if health.get("ok") else 0.0)],
+    )
+    try:
+        refused = intake_refusals(settings)
+    except Exception:  # Redis down: the other metrics still answer, this one is absent
+        refused = {}
+    metric(
+        "smsdispatch_intake_refused_total",
+        "counter",
+        "Messages refused at an intake door no producer waits on (by-name tasks), with the field logged.",
+        [({"door": door}, n) for door, n in refused.items()],
     )
     return "\n".join(lines) + "\n"

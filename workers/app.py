@@ -12,13 +12,26 @@ log redaction, pool-sized database connections, state reset after a fork.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import sys
 from typing import Any
 
 from celery import signals
 
-from dispatcher.broker import (
+from dispatcher.config import get_settings as _load
+from dispatcher.errors import ConfigError
+
+try:
+    _load()
+except ConfigError as exc:
+    # A worker, beat or Flower with a bad configuration stops at start-up with one
+    # line naming the key (exit 3, as the CLI), not a traceback from deep in an import.
+    print(f"smsdispatch: {exc}", file=sys.stderr)
+    sys.exit(3)
+
+from dispatcher.broker import (  # only once the configuration is known good
     CONTROL_QUEUE,
     POLL_QUEUE,
     QUEUES,
@@ -78,10 +91,67 @@ def _after_fork(**_: Any) -> None:
 
 def _flower_auth(settings: Settings) -> None:
     """`celery -A workers.app flower` reads FLOWER_* variables after importing this
-    module: hand it the configured basic auth, and only in the Flower process."""
-    if "flower" in sys.argv[1:] and settings.flower.basic_auth:
+    module: hand it the configured basic auth and port, and only in the Flower process.
+    There, also close what Flower 2.x leaves open (see _guard_flower)."""
+    if "flower" not in sys.argv[1:]:
+        return
+    if settings.flower.basic_auth:
         os.environ.setdefault("FLOWER_BASIC_AUTH", settings.flower.basic_auth)
-        os.environ.setdefault("FLOWER_PORT", str(settings.flower.port))
+    os.environ.setdefault("FLOWER_PORT", str(settings.flower.port))
+    _guard_flower()
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name, or "" for every interface
+        return False
+
+
+def _guard_flower() -> None:
+    """Two hooks on Flower's own classes, installed in the Flower process only.
+
+    Flower 2.x checks credentials only in handlers marked ``@web.authenticated``, and
+    /metrics and /healthcheck are not: with basic auth on, anyone could read them.
+    Wrapped here the same way, they ask for the credentials like every other page
+    (Flower itself answers 401 without them; without any auth they stay open).
+
+    Without any auth (no basic auth, no OAuth) Flower would listen on every interface
+    and show tasks and workers to anyone: it binds to 127.0.0.1 instead, whatever
+    --address or FLOWER_ADDRESS say, and logs a warning. The check runs when the
+    server starts, after Flower has read its options from the command line, the
+    environment and its config file, so that auth from any of them counts."""
+    try:
+        from flower.app import Flower
+        from flower.views.monitor import Healthcheck, Metrics
+        from tornado.web import authenticated
+    except ImportError:  # Flower is not installed: nothing to guard
+        return
+    for handler in (Metrics, Healthcheck):
+        if not getattr(handler.get, "_smsdispatch_guarded", False):
+            handler.get = authenticated(handler.get)
+            handler.get._smsdispatch_guarded = True
+    start = Flower.start_http_server
+    if getattr(start, "_smsdispatch_guarded", False):
+        return
+
+    def start_http_server(self: Any) -> Any:
+        options = self.options
+        if not (options.basic_auth or options.auth) and not options.unix_socket:
+            asked = options.address or "0.0.0.0"
+            if not _is_loopback(asked):
+                options.address = "127.0.0.1"
+            logging.getLogger("smsdispatch.flower").warning(
+                "Flower runs without authentication: it listens on %s only (asked: %s). Set [flower] "
+                'basic_auth = "user:password" in the config to open it to other hosts.',
+                options.address, asked,
+            )  # fmt: skip
+        return start(self)
+
+    start_http_server._smsdispatch_guarded = True  # type: ignore[attr-defined]
+    Flower.start_http_server = start_http_server
 
 
 _flower_auth(get_settings())
