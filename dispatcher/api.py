@@ -22,7 +22,7 @@ from dispatcher.config import Settings, get_settings
 from dispatcher.db import session_scope
 from dispatcher.errors import ValidationError
 from dispatcher.models import utcnow
-from dispatcher.validation import NewMessage, validate
+from dispatcher.validation import MAX_TTL, NewMessage, validate
 
 log = logging.getLogger("smsdispatch.api")
 
@@ -211,7 +211,9 @@ def send_bulk(messages: Iterable[Mapping[str, Any]], *, key: str | None = None) 
     settings = get_settings()
     listed = list(messages)
     if key is not None:
-        if not isinstance(key, str) or not key or len(key) > 190 or any(ord(c) < 32 for c in key):
+        # isprintable: no control or format characters (a header read as latin-1
+        # brings C1 controls), which a per-message key would refuse under another name.
+        if not isinstance(key, str) or not key or len(key) > 190 or not key.isprintable():
             raise ValidationError("Idempotency-Key", "expected 1 to 190 printable characters")
         listed = [
             {**fields, "key": f"{key}:{n}"} if isinstance(fields, Mapping) and "key" not in fields else fields
@@ -339,7 +341,14 @@ def retry_message(message_id: str) -> str | None:
         if msg is None:
             return None
         start = msg.send_at if msg.send_at is not None and msg.send_at > now else now
-        ttl = (msg.expires_at - (msg.send_at or msg.created_at)).total_seconds()
+        # Its TTL's length: from when its current window began (its `at`, its creation,
+        # or the last operator retry, whichever is latest) to its expiry; so a second
+        # retry gives the same length again, not one grown by the days in between.
+        again = (Status.QUEUED, Status.SCHEDULED)
+        events = ledger.events_of(s, message_id)
+        retried = [e.at for e in events if e.source == "operator" and e.new_status in again]
+        began = max(t for t in (msg.send_at, msg.created_at, *retried) if t is not None)
+        ttl = min((msg.expires_at - began).total_seconds(), MAX_TTL)
         if ttl <= 0:
             ttl = settings.pipeline.default_ttl
         status = Status.SCHEDULED if start > now else Status.QUEUED

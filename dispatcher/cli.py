@@ -528,7 +528,7 @@ def run_bulk(args: argparse.Namespace) -> int:
             progress.update("checked", n, len(rows))
         progress.note(f"storing {len(rows)} messages in one transaction")
         try:
-            ids = send_bulk([fields for _, fields in rows])
+            ids = send_bulk([fields for _, fields in rows], key=args.key)
         except ValidationError as exc:
             # send_bulk names the n-th message (messages[n].key for a key already used by a
             # different stored message): say which line of the file that is.
@@ -551,6 +551,11 @@ def run_bulk(args: argparse.Namespace) -> int:
 def _bulk_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a UTF-8 CSV file with a header line; - reads standard input")
     p.add_argument("--priority", choices=["high", "normal"], help="for lines that name none")
+    p.add_argument(
+        "--key",
+        help="an idempotency key for the whole file: run again after a lost reply (exit 4 at commit),"
+        " it stores nothing twice; with another file it is refused",
+    )
     p.add_argument(
         "--progress", action="store_true", help="a progress bar even when stderr is not a terminal"
     )

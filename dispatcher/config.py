@@ -243,8 +243,8 @@ _LIMITS: dict[str, _Limit] = {
     # 0 would expire every message at once; past MAX_TTL intake refuses a message's own
     # ttl too (validation.MAX_TTL), so a default over it is a mistake.
     "pipeline.default_ttl": _Limit(0.0, above=True, high=MAX_TTL),
-    "pipeline.max_attempts": _AT_LEAST_ONE,  # 0 would give every message up before its first call
-    "pipeline.breaker_threshold": _AT_LEAST_ONE,  # 0 would open the breaker before any failure
+    "pipeline.max_attempts": _Limit(1.0, high=1000.0),  # 0 would give every message up before its first call
+    "pipeline.breaker_threshold": _Limit(1.0, high=10000.0),  # 0 would open it before any failure
     "pipeline.breaker_cooldown": _DURATION,  # 0 would close an open breaker at once: no breaker
     "pipeline.backoff_base": _DURATION,  # 0 would retry a failing provider at once, again and again
     "pipeline.backoff_cap": _DURATION,
@@ -256,25 +256,29 @@ _LIMITS: dict[str, _Limit] = {
     "pipeline.sweeper_stale_after": _DURATION,  # 0 would republish every queued message each sweep
     "pipeline.visibility_timeout": _DURATION,  # 0: Redis would hand every task out twice
     "pipeline.soft_shutdown_timeout": _DURATION_OR_ZERO,  # 0: stop at once on TERM (Celery's default)
-    "pipeline.publish_batch": _AT_LEAST_ONE,  # a send task carries at least one message
-    "pipeline.group_size": _AT_LEAST_ONE,
-    "pipeline.call_concurrency": _AT_LEAST_ONE,  # 0 threads would make no call at all
+    # A send task carries at least one message; the upper bounds keep a slip of digits
+    # from reaching a SQL LIMIT or a thread pool (a bigint out of range, 10**9 threads).
+    "pipeline.publish_batch": _Limit(1.0, high=10000.0),
+    "pipeline.group_size": _Limit(1.0, high=10000.0),
+    "pipeline.call_concurrency": _Limit(1.0, high=1000.0),  # 0 threads would make no call at all
     # 0: a message never waits for companions. It is a batching window of a fraction of
     # a second: ten seconds or more is a slip of units (milliseconds written as seconds).
     "pipeline.linger": _Limit(0.0, high=10.0),
     "polling.interval": _DURATION,  # 0: poll rounds back to back
     "polling.intervals": _DURATION,  # each entry; 0 would poll a message on every round
-    "polling.max_calls_per_cycle": _AT_LEAST_ONE,  # 0 would never poll
+    "polling.max_calls_per_cycle": _Limit(1.0, high=100000.0),  # 0 would never poll
     # 0 is meaningful: poll every message by id as well as by the queue.
     "polling.queue_fallback_after": _DURATION_OR_ZERO,
     "polling.queue_interval": _DURATION,
-    "polling.queue_rounds": _AT_LEAST_ONE,  # 0 would never drain the queue
+    "polling.queue_rounds": _Limit(1.0, high=1000.0),  # 0 would never drain the queue
     "polling.balance_interval": _DURATION,
     # providers.NAME.*
     "provider.timeout": _DURATION,  # 0 would fail every call before the reply
     "provider.connect_timeout": _DURATION,
-    "provider.rate_limit": _ZERO_OR_MORE,  # messages per second; 0 = unlimited
-    "provider.max_retries": _ZERO_OR_MORE,  # 0: fail over after the first failure
+    # Messages per second; 0 = unlimited. Checked again below: a tiny positive rate
+    # (1e-300) would make every message wait for ever.
+    "provider.rate_limit": _ZERO_OR_MORE,
+    "provider.max_retries": _Limit(0.0, high=100.0),  # 0: fail over after the first failure
     "provider.reconcile_after": _DURATION_OR_ZERO,  # 0: ask about a call in doubt at once
     # Any finite amount: an account on credit may be allowed below zero.
     "provider.balance_threshold": _Limit(-math.inf),
@@ -369,6 +373,10 @@ def _provider(name: str, table: Any) -> ProviderConfig:
     timeout = float(_limited(table, "timeout", where, _NUMBER, 10.0))
     connect_timeout = float(_limited(table, "connect_timeout", where, _NUMBER, 3.0))
     rate_limit = float(_limited(table, "rate_limit", where, _NUMBER, 0.0))
+    if 0 < rate_limit < MIN_RATE:
+        raise ConfigError(
+            f"{where}rate_limit", f"0 (unlimited) or at least {MIN_RATE:g} per second, got {rate_limit:g}"
+        )
     reconcile_after = float(_limited(table, "reconcile_after", where, _NUMBER, 5.0))
     max_retries = _limited(table, "max_retries", where, int, 3)
     priority = _limited(table, "priority", where, int, 100)
@@ -456,16 +464,35 @@ def _section(data: Mapping[str, Any], name: str, cls: type[Any]) -> Any:
         raise ConfigError(
             "pipeline.backoff_cap", f"must be at least pipeline.backoff_base ({base:g}), got {cap:g}"
         )
-    register_secret(values.get("token"))
+    token = values.get("token")
+    if name == "api" and token is not None and len(token) < MIN_SECRET:
+        # A short token is guessed, and too short to be masked reliably in logs.
+        raise ConfigError("api.token", f"at least {MIN_SECRET} characters, got {len(token)}")
+    register_secret(token)
     basic_auth = values.get("basic_auth")
-    if name == "flower" and basic_auth:
+    if name == "flower" and basic_auth is not None:
         if ":" not in basic_auth:
             raise ConfigError("flower.basic_auth", 'expected "user:password"')
         user, _, password = basic_auth.partition(":")
+        if "," in basic_auth:
+            # Flower splits FLOWER_BASIC_AUTH on commas into several credentials: "a:b,c"
+            # would let in "a:b" and the bare "c".
+            raise ConfigError("flower.basic_auth", "no comma: Flower reads one as a list of credentials")
+        if not user or len(password) < MIN_FLOWER_PASSWORD:
+            raise ConfigError(
+                "flower.basic_auth",
+                f'expected "user:password" with a user and a password of at least {MIN_FLOWER_PASSWORD}'
+                f" characters, got a user of {len(user)} and a password of {len(password)}",
+            )
         # Flower's Authorization header carries base64("user:password"): masked too.
         register_secret(password, login=user)
         register_secret(basic_auth)
     return cls(**values)
+
+
+MIN_SECRET = 12  # characters of an API token
+MIN_FLOWER_PASSWORD = 8
+MIN_RATE = 0.001  # messages per second, when not 0 (unlimited): one in 17 minutes
 
 
 def _check_visibility(pipeline: PipelineConfig, providers: tuple[ProviderConfig, ...]) -> None:

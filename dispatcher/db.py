@@ -152,6 +152,28 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+# SQLSTATE classes a retry can outlive: connection exceptions (08), the server
+# shutting down or restarting (57P), out of resources (53), and a transaction the
+# database asks to run again (serialization failure, deadlock).
+_PASSING = ("08", "57P", "53", "40001", "40P01")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` says the database could not do it now (down, restarting,
+    locked, out of connections), as opposed to refusing what we asked: only then
+    does running the same thing again later help."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if isinstance(state, str):
+        return state.startswith(_PASSING)
+    # SQLite and connection failures before any SQLSTATE: "database is locked",
+    # "unable to open database file", "connection refused".
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
 def write_through_outage(fn: Callable[[], T], *, budget: float = 15.0) -> T:
     """Run a ledger write, retrying while the database is unreachable for up to
     ``budget`` seconds. For the write-back after a provider call: the outcome exists

@@ -40,8 +40,10 @@ def beat(name: str, settings: Settings) -> None:
 
 
 # Where producers hand us messages; only by-name tasks are refused out of sight of the
-# producer (the others answer it with the error), so only they are counted.
-INTAKE_DOORS = ("task",)
+# producer (the others answer it with the error), so only they are counted: "task" a
+# refusal of the input, "task_failed" a message given up after repeated failures
+# that were not an outage (logged with its arguments).
+INTAKE_DOORS = ("task", "task_failed")
 
 
 def count_refusal(settings: Settings, door: str) -> None:

@@ -106,6 +106,7 @@ def insert_messages(session: Session, items: Sequence[NewMessage], *, source: st
                 "key": item.key,
                 "payload_hash": item.payload_hash(),
                 "to": item.to,
+                "region": item.region,
                 "text": item.text,
                 "sender": item.sender,
                 "priority": item.priority,
@@ -444,17 +445,22 @@ def request_cancel(session: Session, message_id: str, now: datetime) -> bool:
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def cancel_requests(session: Session, message_ids: Sequence[str]) -> dict[str, datetime]:
-    """The cancel requests recorded for ``message_ids`` (read again after the calls
-    of a step: a request may have come while they were in flight)."""
+def cancel_requests(session: Session, message_ids: Sequence[str]) -> dict[str, bool]:
+    """Which of ``message_ids`` an operator asked to cancel, each with whether one of
+    its calls got no reply (``ambiguous``: it may have gone through)."""
     if not message_ids:
         return {}
+    silent = (
+        select(ATTEMPTS.c.id)
+        .where(ATTEMPTS.c.message_id == MESSAGES.c.id, ATTEMPTS.c.outcome == "ambiguous")
+        .exists()
+    )
     rows = session.execute(
-        select(MESSAGES.c.id, MESSAGES.c.cancel_requested_at).where(
+        select(MESSAGES.c.id, silent).where(
             MESSAGES.c.id.in_(list(message_ids)), MESSAGES.c.cancel_requested_at.is_not(None)
         )
     ).all()
-    return {str(mid): at for mid, at in rows}
+    return {str(mid): bool(maybe) for mid, maybe in rows}
 
 
 def open_attempts(session: Session, message_ids: Sequence[str]) -> dict[str, Attempt]:

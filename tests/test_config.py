@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -293,3 +294,54 @@ def test_doctor_refuses_a_bad_number_at_start_up_naming_the_key(tmp_path: Path) 
     lines = [line for line in result.stderr.splitlines() if "pipeline.sweeper_interval" in line]
     assert len(lines) == 1 and "finite" in lines[0], result.stderr
     assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_worker_with_a_bad_configuration_stops_with_one_line(tmp_path: Path) -> None:
+    """`celery -A workers.app worker` (and beat, Flower) refuse at start-up: exit 3, the
+    key named, no traceback from the import that loaded it."""
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'database_url = "sqlite:///{tmp_path}/x.db"\n[pipeline]\nsweeper_interval = nan\n')
+    env = {**os.environ, "SMSDISPATCH_CONFIG": str(bad)}
+    done = subprocess.run([sys.executable, "-m", "celery", "-A", "workers.app", "worker"], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 3
+    assert done.stderr.strip().splitlines() == [
+        "smsdispatch: config: pipeline.sweeper_interval: must be a finite number, got nan"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "reason"),
+    [
+        ({"flower": {"basic_auth": "ops:s3cret,pw"}}, "flower.basic_auth", "no comma"),
+        ({"flower": {"basic_auth": "ops:"}}, "flower.basic_auth", "a password of 0"),
+        ({"flower": {"basic_auth": ":long-enough-pw"}}, "flower.basic_auth", "a user of 0"),
+        ({"flower": {"basic_auth": "ops:short"}}, "flower.basic_auth", "at least 8"),
+        ({"api": {"token": "abc"}}, "api.token", "at least 12 characters, got 3"),
+        ({"pipeline": {"group_size": 10**30}}, "pipeline.group_size", "at most"),
+        ({"pipeline": {"publish_batch": 10**6}}, "pipeline.publish_batch", "at most"),
+        ({"polling": {"max_calls_per_cycle": 10**9}}, "polling.max_calls_per_cycle", "at most"),
+    ],
+)
+def test_secrets_and_counts_that_would_be_a_hole_or_a_crash_are_refused(
+    table: dict[str, Any], key: str, reason: str
+) -> None:
+    """Flower splits its basic auth on commas (each piece a credential); a short token or
+    password is guessed; a count of 10**30 reaches a SQL LIMIT as a bigint overflow."""
+    with pytest.raises(ConfigError) as refused:
+        config.parse(table)
+    assert refused.value.key == key and reason in refused.value.reason, refused.value
+
+
+def test_a_vanishing_rate_limit_is_refused() -> None:
+    import tomllib
+
+    table = tomllib.loads(GOOD)
+    table["providers"]["main"]["rate_limit"] = 1e-300
+    with pytest.raises(ConfigError) as refused:
+        config.parse(table)
+    assert refused.value.key == "providers.main.rate_limit" and "at least 0.001" in refused.value.reason

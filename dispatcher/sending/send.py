@@ -37,7 +37,7 @@ from dispatcher.ledger import Claimed
 from dispatcher.models import Attempt, utcnow
 from dispatcher.providers import make_provider
 from dispatcher.providers.base import NEEDS_OPERATOR, MessageRef, OutgoingSms, Provider, SendOutcome
-from dispatcher.sending.policy import POLICY, Health, Verdict, classify, decide, lost_outcome
+from dispatcher.sending.policy import Health, Verdict, classify, decide, lost_outcome
 from dispatcher.sending.router import Router
 from dispatcher.status import Status
 
@@ -182,7 +182,6 @@ class SendPipeline:
         if msg is None:
             return "busy"
         d = self._settle(msg, opened[message_id])
-        [d] = self._honour_cancels([d], [msg])
         if d.action in CONTINUE:
             d = self._hand_back(msg, d)
         self._write([d], [msg], source="sweeper")
@@ -195,21 +194,25 @@ class SendPipeline:
         return (msg.priority != "high" and msg.attempts == 0 and not msg.tried
                 and self.router.lingers(first))  # fmt: skip
 
-    def _start(self, s: Session, group: Sequence[Claimed], now: datetime) -> Step:
+    def _start(self, s: Session, group: Sequence[Claimed], now: datetime, *, recheck: bool = False) -> Step:
         """In the claiming transaction: route each message, write the attempts of
-        the calls to make, settle what needs no call (expired, no provider left)."""
+        the calls to make, settle what needs no call (expired, no provider left, an
+        operator's cancel). ``recheck``: the group goes round again in this task
+        after its calls, during which an operator may have asked to cancel."""
         p = self.settings.pipeline
         step = Step()
         settled: list[Decision] = []
         assigned: dict[str, list[Claimed]] = defaultdict(list)
         probes: set[str] = set()
         opened = ledger.open_attempts(s, [m.id for m in group if m.attempts])
+        asked = [m.id for m in group if recheck or m.cancel_requested_at is not None]
+        cancels = ledger.cancel_requests(s, asked) if asked else {}  # none on the usual path
         for m in group:
             if m.id in opened:
                 step.doubtful.append((m, opened[m.id]))  # an earlier call may have gone through
-            elif m.cancel_requested_at is not None:
-                # Its earlier call is settled (or none was made): nothing more goes out.
-                settled.append(self._give_up(m, Status.FAILED, "cancelled by the operator"))
+            elif m.id in cancels:
+                # Its calls are settled (or none was made): nothing more goes out.
+                settled.append(self._cancelled(m, maybe_sent=cancels[m.id]))
             elif now >= m.expires_at:
                 settled.append(self._give_up(m, Status.FAILED if m.attempts else Status.EXPIRED,
                                              "every try failed until its TTL ran out" if m.attempts
@@ -272,13 +275,11 @@ class SendPipeline:
             decisions = [self._settle(m, a) for m, a in step.doubtful]
             if step.calls:
                 decisions += self._call(step)
-            decisions = self._honour_cancels(decisions, group)
             self._write(decisions, group)
             asks = [d for d in decisions if d.action == Action.ASK]
             decisions = [d for d in decisions if d.action != Action.ASK]
             # A call in doubt at a provider that can be asked: ask now (or wait).
             settled = [self._settle(by_id[d.message_id], self._attempt_of(d)) for d in asks]
-            settled = self._honour_cancels(settled, group)
             self._write(settled, group)
             decisions += settled
             words.update({d.message_id: self._word(d) for d in decisions})
@@ -287,7 +288,7 @@ class SendPipeline:
                 break
             now = utcnow()
             with session_scope() as s:
-                step = self._start(s, again, now)
+                step = self._start(s, again, now, recheck=True)
             self._publish(step.publish)
             words.update(step.words)
         return words
@@ -550,41 +551,19 @@ class SendPipeline:
             found[0].raw_status  # fmt: skip
         return d
 
-    def _honour_cancels(self, decisions: list[Decision], group: Sequence[Claimed]) -> list[Decision]:
-        """An operator cancelled a message while its call was in flight or in doubt:
-        where the settled call would be sent again, it ends instead. ``failed`` when
-        we know nothing went out; ``unknown`` when the call that went without a reply
-        may have reached the provider (a cancel must not hide a possible delivery).
-        A message the provider took stays taken: the cancel came too late."""
-        held = {m.id: m for m in group}
-        again = {id(d): d for d in decisions if d.action in CONTINUE or d.action == Action.RETRY}
-        if not again:
-            return decisions
-        with session_scope() as s:  # asked only when something would go out again
-            requested = ledger.cancel_requests(s, [d.message_id for d in again.values()])
-        if not requested:
-            return decisions
-        out = []
-        for d in decisions:
-            m = held.get(d.message_id)
-            if d.message_id in requested and id(d) in again and m is not None:
-                m.cancel_requested_at = requested[d.message_id]
-                maybe_sent = d.attempt_outcome == POLICY[Outcome.IN_DOUBT_AT_LEAST_ONCE].attempt
-                if maybe_sent:
-                    why = (f"cancelled by the operator; the call to {d.provider} got no reply and may"
-                           " have gone through")  # fmt: skip
-                    d.action, d.status, d.reason = Action.MARK_UNKNOWN, Status.UNKNOWN, why
-                else:
-                    d.action, d.status = Action.GIVE_UP, Status.FAILED
-                    d.reason = "cancelled by the operator" + (
-                        f" ({d.provider} confirmed it never got it)" if d.attempt_outcome == "lost" else ""
-                    )
-                d.extra["publish"] = False
-                d.extra["last_error"] = d.reason + (f"; the last call: {d.error}" if d.error else "")
-            out.append(d)
-        return out
-
     # -- decisions without a call -------------------------------------------------------
+
+    def _cancelled(self, m: Claimed, *, maybe_sent: bool) -> Decision:
+        """An operator's cancel, once no call of the message is in doubt: ``failed``
+        when we know nothing went out, ``unknown`` when a call that got no reply (an
+        at-least-once provider's) may have reached the phone, so that a cancel never
+        hides a possible delivery."""
+        why = "cancelled by the operator"
+        if maybe_sent:
+            why += "; an earlier call got no reply and may have gone through"
+        d = self._give_up(m, Status.UNKNOWN if maybe_sent else Status.FAILED, why)
+        d.extra["last_error"] = why + (f" (the last call: {m.last_error})" if m.last_error else "")
+        return d
 
     def _give_up(self, m: Claimed, status: Status, why: str) -> Decision:
         d = self._decision(m, Action.GIVE_UP, why)

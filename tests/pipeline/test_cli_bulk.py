@@ -115,3 +115,21 @@ def test_bom_and_quiet_without_a_terminal(stack: Stack, tmp_path: Path) -> None:
     assert (
         result.stderr == f"smsdispatch: invalid {empty}: empty file (expected a header line: to,text,...)\n"
     )
+
+
+def test_a_file_run_again_with_its_key_is_stored_once(stack: Stack, tmp_path: Path) -> None:
+    """A run whose reply was lost (the commit went through, the exit said otherwise) is
+    run again with the same --key: the same ids, nothing stored twice; the key with
+    another file is refused."""
+    stack.configure(providers=["prostor"])
+    path = tmp_path / "news.csv"
+    path.write_text("to,text\n79161234567,один\n79161234568,два\n", encoding="utf-8")
+    first = cli(stack, "bulk", str(path), "--key", "news-2026-12-01", "--json")
+    assert first.returncode == 0, first.stderr
+    again = cli(stack, "bulk", str(path), "--key", "news-2026-12-01", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["ids"] == json.loads(first.stdout)["ids"]
+    assert stored() == 2
+    path.write_text("to,text\n79161234567,один\n79161234568,два\n79161234569,три\n", encoding="utf-8")
+    other = cli(stack, "bulk", str(path), "--key", "news-2026-12-01")
+    assert other.returncode == 2 and "Idempotency-Key" in other.stderr, other.stderr
+    assert stored() == 2

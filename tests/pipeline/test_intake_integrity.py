@@ -180,3 +180,55 @@ def test_overlapping_bulk_calls_in_parallel_never_deadlock(sim: Simulator, tmp_p
     finally:
         stack.stop()
         config.set_settings(None)
+
+
+def test_a_cancel_after_a_call_that_got_no_reply_ends_unknown_not_failed(
+    stack: Stack, sim: Simulator
+) -> None:
+    """An at-least-once provider: the first call gets no reply (it may have gone
+    through) and the message is to be sent again; the operator cancels during the
+    second call. No more calls go out, and the message ends `unknown`, not `failed`:
+    the first call may have reached the phone."""
+    stack.configure(providers=["smska"], smska={"timeout": 1.0, "delivery_guarantee": "at-least-once"},
+                    pipeline={"backoff_base": 0.2, "backoff_cap": 0.5})  # fmt: skip
+    state = sim["smska"].state
+    state.faults.hang = True
+    state.faults.hang_seconds = 1.5  # each call times out; the provider takes it afterwards
+    stack.start_worker()
+    mid = api.send_sms("79161234567", "no reply")
+
+    def second_call_in_flight() -> bool:
+        m = api.get_message(mid) or {}
+        return m.get("status") == "sending" and m.get("attempt_count") == 2
+
+    wait_for(second_call_in_flight)
+    done = api.cancel(mid)
+    assert done.outcome == "requested" and done.old == "sending", done
+    assert stack.wait_until([mid], SETTLED, timeout=20)[mid] == "unknown"
+    time.sleep(1.0)
+    message = api.get_message(mid)
+    assert message is not None and message["attempt_count"] == 2
+    assert "may have gone through" in message["last_error"]
+    assert [a["outcome"] for a in message["attempts"]] == ["ambiguous", "ambiguous"]
+
+
+def test_each_retry_gives_the_message_its_own_ttl_again_not_a_grown_one(stack: Stack) -> None:
+    """A one-time code with a 10-minute TTL, created ten days ago and failed: every
+    operator retry gives it 10 minutes from the retry, never the ten days since."""
+    from sqlalchemy import update
+
+    from dispatcher.models import MESSAGES
+
+    stack.configure(providers=["prostor"])  # no worker: it stays queued between the steps
+    mid = api.send_sms("79161234567", "code 1234", ttl=600)
+    long_ago = datetime.now(UTC) - timedelta(days=10)
+    with db.session_scope() as s:
+        s.execute(update(MESSAGES).where(MESSAGES.c.id == mid).values(
+            created_at=long_ago, expires_at=long_ago + timedelta(seconds=600)))  # fmt: skip
+    for _ in range(2):
+        assert api.cancel(mid).outcome == "cancelled"
+        assert api.retry_message(mid) == "failed"
+        message = api.get_message(mid)
+        assert message is not None and message["status"] == "queued"
+        left = (message["expires_at"] - datetime.now(UTC)).total_seconds()
+        assert 590 < left <= 600, left

@@ -9,11 +9,15 @@ import threading
 from typing import Any
 
 from celery import signals
+from celery.exceptions import Reject
+from redis.exceptions import RedisError
 
 from dispatcher.config import get_settings
 from dispatcher.coordination import Lease, coordinator_for
+from dispatcher.db import is_outage
 from dispatcher.errors import ValidationError
 from dispatcher.health import beat, count_refusal
+from dispatcher.redact import redact
 from dispatcher.sending import SendPipeline
 from workers.app import app, publish, queue_depth
 
@@ -43,9 +47,12 @@ def reset_pipeline(**_: Any) -> None:
 
 
 # A by-name message not yet stored waits this long at most between tries while the
-# database is busy or down (doubling from 1 s): well under the broker's visibility
-# timeout, so a retried task is never also redelivered.
-INTAKE_RETRY_CAP = 60.0
+# database is busy or down (doubling from 1 s, with a jitter of a fifth): under the
+# 10 s every visibility timeout exceeds (config), so a waiting retry is never also
+# redelivered. A failure that is not an outage (a bug, a value the database refuses)
+# is tried INTAKE_TRIES times, then logged with the arguments and counted, not looped.
+INTAKE_RETRY_CAP = 8.0
+INTAKE_TRIES = 5
 
 
 @app.task(bind=True, name="smsdispatch.send", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -69,16 +76,28 @@ def send(self: Any, message_id: str | None = None, linger: bool = False, **field
             count_refusal(get_settings(), "task")
             return f"invalid: {said}"
         except Exception as exc:
-            # Not stored (the database is locked, restarting, unreachable): the task
-            # is published again with the same id and arguments, so that the implicit
-            # key (the task id) keeps a message stored by an earlier try from being
-            # stored twice. Never acked away: the producer was told nothing failed.
+            # Not stored. The task is published again with the same id and arguments,
+            # so the implicit key (the task id) keeps a message an earlier try stored
+            # (the reply to its COMMIT lost) from being stored twice.
+            outage = is_outage(exc) or isinstance(exc, RedisError)
+            tries = self.request.retries + 1
+            if not outage and tries >= INTAKE_TRIES:
+                said = redact(repr(fields)).encode("utf-8", "backslashreplace").decode("utf-8")
+                log.exception("smsdispatch.send could not store a message after %d tries (task %s),"
+                              " given up: %s", tries, self.request.id, said)  # fmt: skip
+                count_refusal(get_settings(), "task_failed")
+                return f"failed: {type(exc).__name__}"
             delay = min(INTAKE_RETRY_CAP, 2.0 ** min(self.request.retries, 6)) * random.uniform(0.8, 1.2)
             log.warning(
                 "smsdispatch.send could not store a message yet (task %s, try %d), again in %.1fs: %s",
-                self.request.id, self.request.retries + 1, delay, type(exc).__name__,
+                self.request.id, tries, delay, type(exc).__name__,
             )  # fmt: skip
-            raise self.retry(exc=exc, countdown=delay, max_retries=None) from None
+            try:
+                raise self.retry(exc=exc, countdown=delay, max_retries=None) from None
+            except Reject:
+                # Celery's retry could not publish the new copy (the broker refuses
+                # writes): put the delivery back rather than let it be dropped.
+                raise Reject(exc, requeue=True) from None
     pipeline = get_pipeline()
     beat("send", pipeline.settings)
     if fields and fields.get("priority", "normal") != "high":
