@@ -26,25 +26,7 @@ def test_flower_with_basic_auth_shows_tasks_without_secrets(stack: Stack) -> Non
     stack.config_path.write_text(config.to_toml(stack.table), encoding="utf-8")
     config.set_settings(config.load(stack.config_path, env={}))
     stack.start_worker()  # with flower configured, workers send task events
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "SMSDISPATCH_CONFIG": str(stack.config_path)}
-    env.pop("FLOWER_BASIC_AUTH", None)
-    log = (stack.tmp / "flower.log").open("wb")
-    flower = subprocess.Popen(
-        host_argv(FLOWER, f"--port={port}", "--address=127.0.0.1"),
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                requests.get(url, timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.3)
+    with running_flower(stack, "--address=127.0.0.1") as (url, _log):
         assert requests.get(f"{url}/api/workers", timeout=10).status_code == 401
         assert requests.get(f"{url}/api/workers", auth=("ops", "wrong"), timeout=10).status_code == 401
         auth = ("ops", "flower-pass-77")
@@ -65,9 +47,6 @@ def test_flower_with_basic_auth_shows_tasks_without_secrets(stack: Stack) -> Non
             assert password_for(kind) not in shown
         workers = requests.get(f"{url}/api/workers", auth=auth, timeout=10)
         assert workers.status_code == 200
-    finally:
-        os.killpg(flower.pid, signal.SIGTERM)
-        flower.wait(10)
 
 
 @contextmanager
