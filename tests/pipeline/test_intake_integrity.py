@@ -232,3 +232,39 @@ def test_each_retry_gives_the_message_its_own_ttl_again_not_a_grown_one(stack: S
         assert message is not None and message["status"] == "queued"
         left = (message["expires_at"] - datetime.now(UTC)).total_seconds()
         assert 590 < left <= 600, left
+
+
+def test_by_name_refusals_are_logged_with_the_field_and_counted(stack: Stack) -> None:
+    """A lone surrogate in the text and dates past either end of the calendar crashed
+    the intake task; they are refused like any bad input: a log line naming the field,
+    the refusal counted for /metrics, nothing stored, and the worker goes on."""
+    from celery import Celery
+
+    from dispatcher.health import intake_refusals
+
+    settings = stack.configure(providers=["prostor"])
+    stack.start_worker()
+    other = Celery("other-app", broker=stack.table["broker_url"])
+    bad = [
+        {"to": "79161234567", "text": "code \ud83d"},  # half an emoji
+        {"to": "79161234567", "text": "late", "at": "9999-12-31T23:59:59-01:00"},
+        {"to": "79161234567", "text": "early", "at": "0001-01-01T00:00:00+01:00"},
+        {"to": "79161234567", "te\udc80xt": "a field name no JSON encoder would write"},
+    ]
+    for fields in bad:
+        other.send_task("smsdispatch.send", kwargs=fields, queue="sms.bulk")
+    good = {"to": "79161234567", "text": "after the bad ones", "key": "after-bad"}
+    other.send_task("smsdispatch.send", kwargs=good, queue="sms.bulk")
+    other.close()
+    wait_for(lambda: intake_refusals(settings)["task"] >= len(bad))
+    log = stack.log_text()
+    assert "refused its arguments" in log and "Traceback" not in log
+    assert "text: an unpaired surrogate (U+D83D) at character 6" in log
+    refusals = [line for line in log.splitlines() if "refused its arguments" in line]
+    assert sum("): at: out of range" in line for line in refusals) == 2, refusals
+    assert "unknown field" in log
+    assert intake_refusals(settings) == {"task": len(bad), "task_failed": 0}
+    with db.session_scope() as s:
+        mid = ledger.find_by_keys(s, ["after-bad"])["after-bad"].id
+        assert sum(ledger.count_by_status(s).values()) == 1  # the bad ones stored nothing
+    assert stack.wait_until([mid], SETTLED)[mid] in TAKEN
