@@ -158,3 +158,25 @@ def test_broker_down_keeps_the_message_for_the_sweeper(stack: Stack) -> None:
     assert stack.statuses([mid])[mid] == "queued"
     stack.start_worker(beat=True)
     assert stack.wait_until([mid], SETTLED, timeout=20)[mid] in TAKEN
+
+
+def test_the_number_is_stored_as_e164_digits_with_its_region(any_stack: Stack) -> None:
+    """What libphonenumber read is what the ledger keeps, on SQLite and PostgreSQL; a
+    non-geographic number (satellite, region "001") fits the column too."""
+    from dataclasses import replace
+
+    from dispatcher import config
+
+    any_stack.configure(providers=["prostor"])
+    ru = api.send_sms("8 (916) 123-45-67", "домой")
+    assert {k: (api.get_message(ru) or {})[k] for k in ("to", "region")} == {
+        "to": "79161234567",
+        "region": "RU",
+    }
+
+    settings = config.get_settings()
+    config.set_settings(replace(settings, phones=replace(settings.phones, allowed_regions=("*",))))
+    kz = api.send_sms("+7 701 123 45 67", "Алматы")
+    sat = api.send_sms("+881 6 1234 5678", "at sea")
+    assert (api.get_message(kz) or {})["region"] == "KZ"
+    assert (api.get_message(sat) or {})["region"] == "001"
