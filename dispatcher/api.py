@@ -208,18 +208,30 @@ def send_bulk(messages: Iterable[Mapping[str, Any]], *, key: str | None = None) 
     without its own key gets ``KEY:N``; the same call again answers the same ids and
     sends nothing new, and the key with any other payload (a superset included) is
     an ``IdempotencyConflict``."""
-    settings = get_settings()
+    items = _validate_many(get_settings(), keyed(messages, key), bulk=True)
+    return send_validated(items, key=key)
+
+
+def keyed(messages: Iterable[Mapping[str, Any]], key: str | None) -> list[Mapping[str, Any]]:
+    """The messages of a bulk call with ``key``, each without a key of its own given
+    ``KEY:N``."""
     listed = list(messages)
-    if key is not None:
-        # isprintable: no control or format characters (a header read as latin-1
-        # brings C1 controls), which a per-message key would refuse under another name.
-        if not isinstance(key, str) or not key or len(key) > 190 or not key.isprintable():
-            raise ValidationError("Idempotency-Key", "expected 1 to 190 printable characters")
-        listed = [
-            {**fields, "key": f"{key}:{n}"} if isinstance(fields, Mapping) and "key" not in fields else fields
-            for n, fields in enumerate(listed)
-        ]
-    items = _validate_many(settings, listed, bulk=True)
+    if key is None:
+        return listed
+    # isprintable: no control or format characters (a header read as latin-1 brings
+    # C1 controls), which a per-message key would refuse under another name.
+    if not isinstance(key, str) or not key or len(key) > 190 or not key.isprintable():
+        raise ValidationError("Idempotency-Key", "expected 1 to 190 printable characters")
+    return [
+        {**fields, "key": f"{key}:{n}"} if isinstance(fields, Mapping) and "key" not in fields else fields
+        for n, fields in enumerate(listed)
+    ]
+
+
+def send_validated(items: Sequence[NewMessage], *, key: str | None = None) -> list[str]:
+    """``send_bulk`` for messages already through ``validate`` (with ``keyed``'s
+    keys): the CLI checks a file line by line to name the line, and must not pay for
+    a second check of 10,000 numbers."""
     ids, fresh = store(items, bulk=True, bulk_key=key)
     _publish(items, ids, fresh)
     return ids

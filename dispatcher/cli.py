@@ -19,7 +19,7 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from dispatcher import config as config_mod
 from dispatcher.errors import ConfigError, ProviderError, ValidationError
@@ -500,20 +500,23 @@ _MESSAGE_INDEX = re.compile(r"messages\[(\d+)\]\.?(.*)")
 
 def run_bulk(args: argparse.Namespace) -> int:
     """All or nothing: every line is read and checked before any is stored, and the
-    whole file is stored in one transaction (api.send_bulk), so an error at line
+    whole file is stored in one transaction (api.send_validated), so an error at line
     9,000 of 10,000 leaves the ledger as it was and names line 9,000."""
-    from dispatcher.api import send_bulk
-    from dispatcher.validation import validate
+    from dispatcher.api import keyed, send_validated
+    from dispatcher.validation import NewMessage, validate
 
     progress = _Progress(args.progress or (not args.json and sys.stderr.isatty()))
     try:
         name, text = _read_input(args.file)
         rows = _parse_csv(name, text, args.priority)
         settings = config_mod.get_settings()
-        # Checked here line by line for the progress bar and the file's line numbers;
-        # send_bulk checks again (the same validate) inside its call.
+        # Checked here line by line, for the progress bar and the file's line numbers,
+        # and stored as checked.
         first_use: dict[str, tuple[int, str]] = {}
-        for n, (line, fields) in enumerate(rows, start=1):
+        items: list[NewMessage] = []
+        for n, ((line, _), fields) in enumerate(
+            zip(rows, keyed([f for _, f in rows], args.key), strict=True), 1
+        ):
             try:
                 item = validate(settings, **fields)
             except ValidationError as exc:
@@ -525,12 +528,13 @@ def run_bulk(args: argparse.Namespace) -> int:
                         f"{name}: line {line}: key",
                         f"{item.key!r} is used on line {earlier[0]} for a different message",
                     )
+            items.append(item)
             progress.update("checked", n, len(rows))
         progress.note(f"storing {len(rows)} messages in one transaction")
         try:
-            ids = send_bulk([fields for _, fields in rows], key=args.key)
+            ids = send_validated(items, key=args.key)
         except ValidationError as exc:
-            # send_bulk names the n-th message (messages[n].key for a key already used by a
+            # The store names the n-th message (messages[n].key for a key already used by a
             # different stored message): say which line of the file that is.
             found = _MESSAGE_INDEX.fullmatch(exc.field)
             if found is None or int(found.group(1)) >= len(rows):
@@ -754,20 +758,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _mask_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ***: the line is for a terminal
-    or a log, never for a secret. ``redis://:pw@host`` (no user) too."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return redact(url)
-    if not password:
-        return redact(url)
-    host = parts.netloc.rpartition("@")[2]
-    return redact(urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}")))
-
-
 def _first_line(exc: BaseException) -> str:
     """The first line of an exception's text: drivers add hints and SQLAlchemy a
     "Background on this error" link on lines of their own."""
@@ -777,7 +767,7 @@ def _first_line(exc: BaseException) -> str:
 
 def _configured(attr: str) -> str:
     try:
-        return _mask_url(str(getattr(config_mod.get_settings(), attr)))
+        return redact(str(getattr(config_mod.get_settings(), attr)))
     except Exception:  # the settings themselves failed: the message names no URL then
         return "?"
 

@@ -42,7 +42,8 @@ _QUERY = re.compile(rf"(?i)(?<![A-Za-z0-9_])({_FIELD_NAMES})=([^&\s\"'<>]*)")
 # A JSON member or a Python dict item: "password": "..." or 'password': '...'.
 _MAPPING = re.compile(rf"(?i)([\"']){_FIELD_NAMES}\1\s*:\s*([\"'])((?:(?!\2)[^\\]|\\.)*)\2")
 _XML = re.compile(rf"(?i)(<{_FIELD_NAMES}>)([^<]*)(</)")
-_URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)([^@/\s]+)(@)")
+# A URL's password, with or without a user: redis://:pw@host has none.
+_URL_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)([^@/\s]+)(@)")
 # An Authorization header as sent, logged or repr'd: "Authorization: Basic dXNlcjpw",
 # "'Authorization': 'Bearer t0k'", "authorization=Token x".
 _AUTH_HEADER = re.compile(

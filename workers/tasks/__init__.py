@@ -82,7 +82,10 @@ def send(self: Any, message_id: str | None = None, linger: bool = False, **field
             outage = is_outage(exc) or isinstance(exc, RedisError)
             tries = self.request.retries + 1
             if not outage and tries >= INTAKE_TRIES:
-                said = redact(repr(fields)).encode("utf-8", "backslashreplace").decode("utf-8")
+                # The text may be a one-time code: its length, not its content.
+                shown = {k: f"<{len(v)} characters>" if k == "text" and isinstance(v, str) else v
+                         for k, v in fields.items()}  # fmt: skip
+                said = redact(repr(shown)).encode("utf-8", "backslashreplace").decode("utf-8")
                 log.exception("smsdispatch.send could not store a message after %d tries (task %s),"
                               " given up: %s", tries, self.request.id, said)  # fmt: skip
                 count_refusal(get_settings(), "task_failed")
