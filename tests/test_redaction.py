@@ -14,7 +14,7 @@ import re
 import socket
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote_plus, urlencode
 
@@ -50,9 +50,20 @@ def test_registered_secret_is_masked_anywhere_even_encoded() -> None:
     assert "p@ss" not in redact("free text p@ss wörd/42 and p%40ss+w%C3%B6rd%2F42")
 
 
-def test_log_filter_masks_arguments_and_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture
+def redacted_caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """caplog behind the redacting filter, taken off again afterwards: pytest keeps the
+    handler across tests, and the filter (which renders and drops exc_info) would strip
+    the tracebacks every later test's records carry."""
+    redacting = RedactingFilter()
+    caplog.handler.addFilter(redacting)
+    yield caplog
+    caplog.handler.removeFilter(redacting)
+
+
+def test_log_filter_masks_arguments_and_tracebacks(redacted_caplog: pytest.LogCaptureFixture) -> None:
+    caplog = redacted_caplog
     logger = logging.getLogger("test.redaction")
-    caplog.handler.addFilter(RedactingFilter())
     try:
         raise RuntimeError("failed url ?psw=trace-secret")
     except RuntimeError:
@@ -83,10 +94,10 @@ def test_requests_error_with_password_in_url_is_redacted(provider_for: Callable[
 
 
 def test_debug_log_of_a_get_call_is_redacted(
-    provider_for: Callable[..., Provider], caplog: pytest.LogCaptureFixture
+    provider_for: Callable[..., Provider], redacted_caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog = redacted_caplog
     caplog.set_level(logging.DEBUG, logger="smsdispatch.providers")
-    caplog.handler.addFilter(RedactingFilter())
     provider = provider_for("mysms", http_method="get")
     provider.send([sms()])
     assert "p=" in caplog.text and provider.config.password not in caplog.text
