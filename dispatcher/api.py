@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,24 +68,28 @@ def store(
     """Commit validated messages, honouring idempotency keys. Returns the id of each
     item and the indexes of the ones newly stored (the others existed already).
     ``bulk_key``: the call's own key, tied to the hash of all its items."""
-    for _ in range(_STORE_TRIES):
+    # Each collision means another producer committed the key first (progress), so it
+    # cannot go on for ever; with many overlapping calls one may lose several times in
+    # a row. A time budget, not a count, bounds a database that keeps failing.
+    deadline = time.monotonic() + _STORE_BUDGET
+    while True:
         try:
             return _store_once(items, source, bulk, bulk_key)
         except IntegrityError:
             # Another producer stored the same key between our look-up and insert:
             # look again, and this time the existing row answers.
-            continue
+            pass
         except DBAPIError as exc:
             # Two overlapping bulk calls on PostgreSQL: the rows are inserted in key
             # order so that they queue rather than deadlock, but a serialization
             # failure or deadlock is still the database asking us to run it again.
             if getattr(exc.orig, "sqlstate", None) not in _RUN_AGAIN:
                 raise
-            continue
-    raise RuntimeError("could not store messages: idempotency keys kept colliding")
+        if time.monotonic() > deadline:
+            raise RuntimeError("could not store messages: idempotency keys kept colliding")
 
 
-_STORE_TRIES = 5
+_STORE_BUDGET = 10.0  # seconds
 _RUN_AGAIN = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 
 
