@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dispatcher.errors import ConfigError
+from dispatcher.errors import ConfigError, ValidationError
 from dispatcher.providers import adapter_class, registry
 from dispatcher.providers.base import common_sender_problem
+from dispatcher.quiet import Rate, Window, parse_rate, parse_window, zone
 from dispatcher.redact import register_secret
 from dispatcher.tomlout import to_toml as to_toml  # re-exported: config.to_toml
 
@@ -136,6 +137,45 @@ class PhonesConfig:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    """What may be sent when and how often, and how long the ledger keeps it."""
+
+    # Quiet hours for normal-priority messages, local time in `timezone`; "" or
+    # "always": any time. Clients and messages may have their own.
+    send_window: str = ""
+    timezone: str = "Europe/Moscow"
+    # Messages to one number per period, by priority ("5/hour"; "" = no limit): a form
+    # that leaks one-time codes to one number is how SMS pumping fraud starts.
+    recipient_limit: Mapping[str, str] = field(default_factory=lambda: {"high": "", "normal": ""})
+    # Messages, attempts, events and callbacks older than this are purged (152-FZ).
+    retention_days: float = 180.0
+    retention_mode: str = "delete"  # delete | mask (phone and text replaced, counts kept)
+    retention_interval: float = 3600.0  # seconds between purge runs (beat)
+    retention_batch: int = 1000  # messages per purge transaction: never a long lock
+
+    def window(self) -> Window | None:
+        return parse_window(self.send_window, "policy.send_window")
+
+    def rate(self, priority: str) -> Rate | None:
+        return parse_rate(self.recipient_limit.get(priority, ""), f"policy.recipient_limit.{priority}")
+
+
+@dataclass(frozen=True)
+class CallbacksConfig:
+    """Status callbacks to the apps (the outbox and its delivery task)."""
+
+    # Let callback URLs reach loopback, private and link-local addresses: for tests
+    # and receivers on the same network. Off, a client key cannot make us a proxy.
+    allow_private: bool = False
+    timeout: float = 5.0  # seconds per POST (connect and read)
+    max_age: float = 24 * 3600.0  # a callback not delivered by then is given up
+    interval: float = 1.0  # seconds between delivery runs (beat)
+    batch: int = 200  # callbacks per delivery run
+    backoff_base: float = 2.0  # the first retry's delay; doubles per try
+    backoff_cap: float = 600.0
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     broker_url: str = DEFAULT_BROKER_URL
@@ -145,6 +185,8 @@ class Settings:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     polling: PollingConfig = field(default_factory=PollingConfig)
     phones: PhonesConfig = field(default_factory=PhonesConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     source: str = "defaults"  # where the settings came from, for `doctor` and errors
 
     def provider(self, name: str) -> ProviderConfig:
@@ -272,6 +314,16 @@ _LIMITS: dict[str, _Limit] = {
     "polling.queue_interval": _DURATION,
     "polling.queue_rounds": _Limit(1.0, high=1000.0),  # 0 would never drain the queue
     "polling.balance_interval": _DURATION,
+    # 0 purges nothing ever is not a retention; over ten years is a slip of units
+    "policy.retention_days": _Limit(0.0, above=True, high=3660.0),
+    "policy.retention_interval": _DURATION,
+    "policy.retention_batch": _Limit(1.0, high=100000.0),
+    "callbacks.timeout": _Limit(0.0, above=True, high=60.0),
+    "callbacks.max_age": _Limit(60.0, high=7 * DAY),
+    "callbacks.interval": _DURATION,
+    "callbacks.batch": _Limit(1.0, high=10000.0),
+    "callbacks.backoff_base": _DURATION,
+    "callbacks.backoff_cap": _DURATION,
     # providers.NAME.*
     "provider.timeout": _DURATION,  # 0 would fail every call before the reply
     "provider.connect_timeout": _DURATION,
@@ -533,11 +585,54 @@ def _phones(data: Mapping[str, Any]) -> PhonesConfig:
     return PhonesConfig(default_region=region, allowed_regions=tuple(allowed))
 
 
+def _policy(data: Mapping[str, Any]) -> PolicyConfig:
+    table = data.get("policy", {})
+    if not isinstance(table, Mapping):
+        raise ConfigError("policy", "expected a table")
+    limit = table.get("recipient_limit", "")
+    # One rate for both priorities, or a table of them: {high = "5/hour", normal = "20/day"}.
+    if isinstance(limit, str):
+        limits = {"high": limit, "normal": limit}
+    elif isinstance(limit, Mapping):
+        _reject_unknown(limit, {"high", "normal"}, "policy.recipient_limit.")
+        for p, v in limit.items():
+            if not isinstance(v, str):
+                got = type(v).__name__
+                raise ConfigError(f"policy.recipient_limit.{p}", f"expected a string like 5/hour, got {got}")
+        limits = {"high": limit.get("high", ""), "normal": limit.get("normal", "")}
+    else:
+        raise ConfigError("policy.recipient_limit", 'expected "N/period" or a table by priority')
+    rest = {k: v for k, v in table.items() if k != "recipient_limit"}
+    policy: PolicyConfig = _section({"policy": rest}, "policy", PolicyConfig)
+    policy = PolicyConfig(**{**policy.__dict__, "recipient_limit": limits})
+    try:
+        policy.window()
+        zone(policy.timezone, "policy.timezone")
+        for p in ("high", "normal"):
+            policy.rate(p)
+    except ValidationError as exc:
+        raise ConfigError(exc.field, exc.reason) from None
+    if policy.retention_mode not in ("delete", "mask"):
+        raise ConfigError("policy.retention_mode", f"one of delete, mask, got {policy.retention_mode!r}")
+    return policy
+
+
 def parse(data: Mapping[str, Any], source: str = "<dict>") -> Settings:
     """Validate a configuration mapping (the TOML document) into ``Settings``."""
     _reject_unknown(
         data,
-        {"database_url", "broker_url", "providers", "api", "flower", "pipeline", "polling", "phones"},
+        {
+            "database_url",
+            "broker_url",
+            "providers",
+            "api",
+            "flower",
+            "pipeline",
+            "polling",
+            "phones",
+            "policy",
+            "callbacks",
+        },
         "",
     )
     database_url = _take(data, "database_url", "", str, DEFAULT_DATABASE_URL)
@@ -557,6 +652,8 @@ def parse(data: Mapping[str, Any], source: str = "<dict>") -> Settings:
         pipeline=pipeline,
         polling=_section(data, "polling", PollingConfig),
         phones=_phones(data),
+        policy=_policy(data),
+        callbacks=_section(data, "callbacks", CallbacksConfig),
         source=source,
     )
 

@@ -44,6 +44,17 @@ class ValidationError(SmsDispatchError, ValueError):
         super().__init__(f"{field}: {reason}")
 
 
+class LimitExceeded(ValidationError):
+    """A limit refused the request (HTTP 429 with ``Retry-After``): ``code`` says which
+    (``quota``: the client's daily quota; ``recipient_rate``: too many to one number).
+    Nothing was stored or sent."""
+
+    def __init__(self, field: str, reason: str, *, code: str, retry_after: float) -> None:
+        super().__init__(field, reason)
+        self.code = code
+        self.retry_after = retry_after
+
+
 class ProviderError(SmsDispatchError):
     """A provider call failed. Carries the wire context, redacted."""
 

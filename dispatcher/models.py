@@ -35,6 +35,12 @@ class Message(MessageBase, table=True):
         # the pollers (delivery tracking): in-flight messages per provider by next poll
         Index("ix_messages_provider_status_poll", "provider", "status", "next_poll_at"),
         Index("ix_messages_provider_message_id", "provider", "provider_message_id"),
+        # search: by recipient, by the provider's id alone, by client, newest first;
+        # retention walks created_at
+        Index("ix_messages_to_created", "to", "created_at"),
+        Index("ix_messages_pmid", "provider_message_id"),
+        Index("ix_messages_client_created", "client", "created_at"),
+        Index("ix_messages_created", "created_at"),
     )
 
     id: str = Field(primary_key=True, max_length=32)
@@ -68,6 +74,91 @@ class Message(MessageBase, table=True):
     # An operator asked to cancel it while a call for it was in doubt or in flight:
     # the send path settles that call first, then cancels instead of sending again.
     cancel_requested_at: datetime | None = None
+    # The client (API key) that sent it; None: the operator or a trusted producer.
+    client: str | None = Field(default=None, max_length=64)
+    # Where its status changes go: an http(s) URL (signed POST) or a Celery task name.
+    callback_url: str | None = Field(default=None, sa_column=Column(Text))
+    callback_task: str | None = Field(default=None, max_length=200)
+    # Retention replaced its phone and text (retention_mode = "mask"); counts stay.
+    masked_at: datetime | None = None
+
+
+class Client(SQLModel, table=True):
+    """An app with its own API key. The key is stored as its SHA-256 (a random key of
+    256 bits needs no slow hash); the webhook secret is stored as is, since signing
+    needs it."""
+
+    __tablename__ = "clients"
+
+    name: str = Field(primary_key=True, max_length=64)
+    key_hash: str = Field(max_length=64, unique=True)
+    key_prefix: str = Field(max_length=16)  # the key's first characters, to tell keys apart
+    senders: str = Field(default="[]", sa_column=Column(Text, nullable=False))  # JSON list
+    daily_quota: int | None = None  # messages per day (policy.timezone's day); None: no limit
+    callback_url: str | None = Field(default=None, sa_column=Column(Text))
+    callback_task: str | None = Field(default=None, max_length=200)
+    webhook_secret: str = Field(max_length=100)
+    send_window: str | None = Field(default=None, max_length=11)  # "09:00-21:00"
+    timezone: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
+class ClientUsage(SQLModel, table=True):
+    """Messages a client stored per day, counted in the transaction that stores them."""
+
+    __tablename__ = "client_usage"
+
+    client: str = Field(primary_key=True, max_length=64)
+    day: str = Field(primary_key=True, max_length=10)  # YYYY-MM-DD in policy.timezone
+    count: int = 0
+
+
+class Callback(SQLModel, table=True):
+    """The outbox of status callbacks: written in the transaction that changes the
+    status, delivered by its own task, in order per message."""
+
+    __tablename__ = "callbacks"
+    __table_args__ = (
+        Index("ix_callbacks_state_next", "state", "next_at"),
+        Index("ix_callbacks_message", "message_id", "id"),
+        Index("ix_callbacks_created", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_id: str = Field(max_length=32)
+    client: str | None = Field(default=None, max_length=64)
+    url: str | None = Field(default=None, sa_column=Column(Text))
+    task: str | None = Field(default=None, max_length=200)
+    # The message as it was at the change (the payload's fields).
+    status: str = Field(max_length=16)
+    key: str | None = Field(default=None, max_length=200)
+    to: str = Field(max_length=15)
+    provider: str | None = Field(default=None, max_length=40)
+    provider_message_id: str | None = Field(default=None, max_length=100)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    parts: int | None = None
+    at: datetime = Field(default_factory=utcnow)  # of the status change
+    state: str = Field(default="pending", max_length=12)  # pending | delivered | failed
+    tries: int = 0
+    next_at: datetime = Field(default_factory=utcnow)  # due, or leased until
+    last_error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
+    delivered_at: datetime | None = None
+
+
+class StopEntry(SQLModel, table=True):
+    """A number we must not send to: an opt-out (38-FZ) or a provider's blacklist."""
+
+    __tablename__ = "stop_list"
+
+    phone: str = Field(primary_key=True, max_length=15)  # E.164 digits, as messages.to
+    # normal: advertising and bulk only; all: one-time codes too
+    scope: str = Field(default="normal", max_length=8)
+    # operator | client:NAME | provider:INSTANCE
+    source: str = Field(max_length=80)
+    reason: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class BulkRequest(SQLModel, table=True):
@@ -146,3 +237,7 @@ ATTEMPTS = _table(Attempt)
 EVENTS = _table(StatusEvent)
 BALANCES = _table(BalanceReading)
 BULK_REQUESTS = _table(BulkRequest)
+CLIENTS = _table(Client)
+CLIENT_USAGE = _table(ClientUsage)
+CALLBACKS = _table(Callback)
+STOP_LIST = _table(StopEntry)

@@ -39,7 +39,7 @@ FAST_PIPELINE: dict[str, Any] = {
 
 
 # Polls every fraction of a second, so delivery reaches the ledger within a test.
-SCHEMA_HEAD = "0004"  # the newest migration (dispatcher/migrations/versions/)
+SCHEMA_HEAD = "0005"  # the newest migration (dispatcher/migrations/versions/)
 FAST_POLLING: dict[str, Any] = {"interval": 0.3, "intervals": [0.3, 0.5, 1.0], "queue_interval": 0.3}
 
 
