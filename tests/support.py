@@ -75,10 +75,11 @@ class Stack:
         self.table: dict[str, Any] = {}
 
     def configure(self, providers: Iterable[str] | None = None, pipeline: dict[str, Any] | None = None,
-                  polling: dict[str, Any] | None = None,
+                  polling: dict[str, Any] | None = None, sections: dict[str, Any] | None = None,
                   **provider_overrides: dict[str, Any]) -> config.Settings:  # fmt: skip
         """Write the config (only ``providers``, in that priority order) and install
-        it in this process too."""
+        it in this process too. ``sections``: other top-level tables as given
+        (``{"policy": {...}, "callbacks": {...}}``)."""
         table = sim_table(self.sim)
         names = list(providers or table["providers"])
         table["providers"] = {
@@ -90,6 +91,7 @@ class Stack:
         table["broker_url"] = self.redis_url
         table["pipeline"] = {**FAST_PIPELINE, **(pipeline or {})}
         table["polling"] = {**FAST_POLLING, **(polling or {})}
+        table.update(sections or {})
         self.table = table
         self.config_path.write_text(toml(table), encoding="utf-8")
         settings = config.load(self.config_path, env={})
