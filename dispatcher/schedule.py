@@ -18,12 +18,17 @@ class Job:
 
 
 def jobs(settings: Settings) -> list[Job]:
-    """The sweeper, the balance reader, a status poll per provider instance, and a
+    """The sweeper, the balance reader, callback delivery, retention, a status poll
+    per provider instance, and a
     status-queue drain per instance that has a queue configured."""
     p, pol = settings.pipeline, settings.polling
     out = [
         Job("sweep", "smsdispatch.sweep", p.sweeper_interval),
         Job("balances", "smsdispatch.balances", pol.balance_interval),
+        # status callbacks out of the outbox (dispatcher/callbacks.py)
+        Job("callbacks", "smsdispatch.callbacks", settings.callbacks.interval),
+        # retention: purge or mask what is older than policy.retention_days
+        Job("purge", "smsdispatch.purge", settings.policy.retention_interval),
     ]
     for provider in settings.enabled_providers:
         out.append(Job(f"poll:{provider.name}", "smsdispatch.poll", pol.interval, (provider.name,)))
