@@ -120,7 +120,8 @@ def create_client(
         insert(CLIENTS).values(
             name=name, key_hash=key_hash(key), key_prefix=key[:12], senders=json.dumps(list(senders)),
             daily_quota=daily_quota, callback_url=callback_url, callback_task=callback_task,
-            webhook_secret=secret, send_window=send_window, timezone=timezone, created_at=now, revoked_at=None,
+            webhook_secret=secret, send_window=send_window, timezone=timezone,
+            created_at=now, revoked_at=None,
         )
     )  # fmt: skip
     info = get_client(session, name)
