@@ -51,6 +51,17 @@ class Action(StrEnum):
 CONTINUE: frozenset[Action] = frozenset({Action.FAIL_OVER, Action.RESEND})
 
 
+@dataclass(frozen=True)
+class StopNote:
+    """A provider refused the message because its recipient is blacklisted or opted
+    out: the number goes on the stop list (``dispatcher.stoplist``) in the transaction
+    that writes the decision, listed by that provider."""
+
+    phone: str
+    scope: str  # stoplist.SCOPES
+    reason: str  # the provider's code and its text
+
+
 @dataclass
 class Decision:
     """One message's fate after one step, as the ledger applies it."""
@@ -80,5 +91,7 @@ class Decision:
     retries: int | None = None
     failovers: int | None = None
     tried: str | None = None
+    # REJECT: the refusal says the recipient is blacklisted or opted out.
+    stop: StopNote | None = None
     # Operator-visible hints for the status event.
     extra: dict[str, object] = field(default_factory=dict)

@@ -68,6 +68,10 @@ def int_range(low: int, high: int) -> Callable[[Any], str | None]:
 #   provider - the provider's own trouble: retried or failed over by its nature.
 ABOUT = ("message", "request", "account", "provider")
 NEEDS_OPERATOR = ("request", "account")
+# The scopes a provider's code may put the recipient on the stop list with, as
+# dispatcher.stoplist.SCOPES (not imported: the adapters stay free of the database
+# layer). normal: advertising and bulk; all: one-time codes too.
+STOP_SCOPES = ("normal", "all")
 
 
 @dataclass(frozen=True)
@@ -79,10 +83,18 @@ class ErrorRule:
     meaning: str
     doc: str  # "file.md:line" of the provider document
     about: str = "provider"
+    # The code says the recipient is blacklisted, unsubscribed or opted out: the
+    # send path lists the number (dispatcher.stoplist) with this scope, one of
+    # STOP_SCOPES; None: it says nothing about the recipient's wishes.
+    stop: str | None = None
 
     def __post_init__(self) -> None:
         if self.about not in ABOUT:
             raise ValueError(f"about must be one of {ABOUT}, not {self.about!r}")
+        if self.stop is not None and (self.stop not in STOP_SCOPES or self.about != "message"):
+            # Only a refusal of this recipient can say the recipient opted out.
+            raise ValueError(f"{self.meaning!r}: stop={self.stop!r} needs about=message and one of"
+                             f" {STOP_SCOPES}")  # fmt: skip
         if (self.about == "message") != (self.action == Action.REJECT):
             # Only a fault of the message itself may reject it; anything about us or
             # the provider must leave the message to another provider.
@@ -257,6 +269,11 @@ class Provider:
     TOO_MANY_CODE: ClassVar[str | None] = None
     STATUS_MAP: ClassVar[dict[str, Status]] = {}
     ERRORS: ClassVar[dict[str, ErrorRule]] = {}
+    # Raw delivery statuses (STATUS_MAP keys) that say the recipient is blacklisted or
+    # opted out, and the stop-list scope each lists the number with: tracking lists it
+    # when a poll or the status queue reports one. None of the five documents has such
+    # a status today; a code at send time is an ErrorRule's ``stop``.
+    STOP_STATUSES: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: ProviderConfig, session: requests.Session | None = None) -> None:
         self.config = config
@@ -425,6 +442,16 @@ class Provider:
         if raw is None:
             return Status.UNKNOWN
         return cls.STATUS_MAP.get(str(raw).strip(), Status.UNKNOWN)
+
+    @classmethod
+    def stop_scope(cls, err: ProviderError) -> str | None:
+        """The stop-list scope ``err`` lists its recipient with: a refusal of the message
+        whose documented code says the recipient is blacklisted or opted out (the
+        rule's ``stop``), else None."""
+        rule = cls.ERRORS.get(str(err.code or "").strip())
+        if rule is None or rule.stop is None or err.action != Action.REJECT:
+            return None
+        return rule.stop
 
     @classmethod
     def classify(cls, code: str) -> Action:

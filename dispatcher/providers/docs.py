@@ -45,6 +45,11 @@ def render(kinds: tuple[str, ...] | None = None) -> str:
         "connect errors, timeouts, HTTP 5xx and 429 retry; HTTP 401/403 and other 4xx fail over. A",
         "code no document lists fails over (we cannot know that retrying would help).",
         "",
+        "A code or delivery status that says the recipient is blacklisted or opted out also puts the",
+        "number on the stop list (`smsdispatch stop list`), with source `provider:<instance>` and the",
+        "code and its text as the reason, in the transaction that writes the refusal; scope `normal`",
+        "stops advertising and bulk, `all` one-time codes too. Each provider's line says which.",
+        "",
         "| kind | provider | batch per send | ids per status call | balance call | status queue "
         "| lookup by our id | validity (our TTL) |",
         "|---|---|---|---|---|---|---|---|",
@@ -64,6 +69,10 @@ def render(kinds: tuple[str, ...] | None = None) -> str:
                 f"| `{code}` | {rule.meaning} | {_ABOUT_TEXT[rule.about]} | {_ACTION_TEXT[rule.action]} "
                 f"| {rule.doc} |"
             )
+        stops = [f"`{c}` (scope {rule.stop}, {rule.doc})" for c, rule in cls.ERRORS.items() if rule.stop]
+        stops += [f"status `{raw}` (scope {scope})" for raw, scope in cls.STOP_STATUSES.items()]
+        none = "no code or status of the document says a recipient is blacklisted or opted out."
+        lines += ["", "Stop list: " + ("; ".join(stops) + "." if stops else none)]
         lines += ["", "### Delivery statuses", "", "| provider value | our status |", "|---|---|"]
         for raw, status in cls.STATUS_MAP.items():
             lines.append(f"| `{raw}` | `{status.value}` |")

@@ -100,13 +100,20 @@ class Sms1000(Provider):
         "615": ErrorRule(F, "invalid tariff group information", "1000sms.md:73", "account"),
         "616": ErrorRule(F, "SMS source not set", "1000sms.md:75", "request"),
         "617": ErrorRule(J, "invalid recipient number format", "1000sms.md:77", "message"),
-        "618": ErrorRule(J, "number is blacklisted", "1000sms.md:79", "message"),
+        # "618 - Номер Абонента в Черном списке." (1000sms.md:79). The document does not
+        # say whose list; beside the global one of 622 it is read as our account's: the
+        # subscriber wants no more of what we send. That stops advertising and bulk
+        # (38-FZ), scope normal; a one-time code the subscriber asks for is still sent.
+        "618": ErrorRule(J, "number is blacklisted", "1000sms.md:79", "message", stop="normal"),
         # The number in question is an SMS centre's, the provider's route, not the
         # recipient's: another provider may deliver the message.
         "619": ErrorRule(F, "not a valid SMS-centre number", "1000sms.md:81", "provider"),
         "620": ErrorRule(F, "sender name must be Latin", "1000sms.md:83", "account"),
         "621": ErrorRule(F, "sender name: over 2 digits or under 4 characters", "1000sms.md:85", "account"),
-        "622": ErrorRule(J, "number is in the global blacklist", "1000sms.md:87", "message"),
+        # "622 - Номер Абонента в глобальном Черном списке." (1000sms.md:87): the list the
+        # provider holds for every client, so no sender and no kind of SMS reaches the
+        # number: scope all, one-time codes too.
+        "622": ErrorRule(J, "number is in the global blacklist", "1000sms.md:87", "message", stop="all"),
         "623": ErrorRule(F, "not enough funds", "1000sms.md:89", "account"),
         "624": ErrorRule(J, "forbidden words in the text", "1000sms.md:91", "message"),
         "699": ErrorRule(R, "could not connect", "1000sms.md:93", "provider"),

@@ -19,6 +19,11 @@ FINAL_STAGES = ("delivered", "undelivered", "expired")
 # A valid Russian mobile range to libphonenumber, so that such a number passes intake
 # and reaches the provider (7000... is no number at all and is refused before that).
 INVALID_PREFIX = "790000"
+# Numbers a provider refuses as blacklisted, where its document has such a code: only
+# 1000sms.ru does, 618 for its blacklist (1000sms.md:79) and 622 for its global one
+# (1000sms.md:87). The other kinds take them as any number. Valid ranges too.
+BLACKLISTED_PREFIX = "790001"
+GLOBAL_BLACKLISTED_PREFIX = "790002"
 UNDELIVERED_SUFFIX = "0000"
 SILENT_SUFFIX = "9999"
 

@@ -8,6 +8,9 @@ call and can be changed at run time over ``/_sim/`` control endpoints.
 
 Test numbers (digits after normalization):
 - starting ``790000`` (``INVALID_PREFIX``): the provider refuses the number as invalid;
+- starting ``790001`` (``BLACKLISTED_PREFIX``) or ``790002``
+  (``GLOBAL_BLACKLISTED_PREFIX``): 1000sms.ru refuses it as blacklisted (618) or in
+  its global blacklist (622); no other document has such a code, the others take it;
 - ending ``0000``: accepted, then ends undelivered;
 - ending ``9999``: accepted and handed on, but never reports a final status;
 - anything else: accepted, sent, delivered.
@@ -28,6 +31,8 @@ from urllib.parse import parse_qs, urlsplit
 from dispatcher.providers import registry
 from dispatcher.simulator import defaults
 from dispatcher.simulator.base import (
+    BLACKLISTED_PREFIX,
+    GLOBAL_BLACKLISTED_PREFIX,
     INVALID_PREFIX,
     SILENT_SUFFIX,
     UNDELIVERED_SUFFIX,
@@ -39,8 +44,9 @@ from dispatcher.simulator.base import (
 )
 
 __all__ = [
-    "INVALID_PREFIX", "SILENT_SUFFIX", "UNDELIVERED_SUFFIX", "Faults", "SimProvider", "SimRequest",
-    "SimResponse", "SimServer", "SimState", "Simulator",
+    "BLACKLISTED_PREFIX", "GLOBAL_BLACKLISTED_PREFIX", "INVALID_PREFIX", "SILENT_SUFFIX",
+    "UNDELIVERED_SUFFIX", "Faults", "SimProvider", "SimRequest", "SimResponse", "SimServer", "SimState",
+    "Simulator",
 ]  # fmt: skip
 
 

@@ -18,7 +18,13 @@ import re
 from typing import Any, ClassVar
 from xml.sax.saxutils import escape
 
-from dispatcher.simulator.base import SimProvider, SimRequest, SimResponse
+from dispatcher.simulator.base import (
+    BLACKLISTED_PREFIX,
+    GLOBAL_BLACKLISTED_PREFIX,
+    SimProvider,
+    SimRequest,
+    SimResponse,
+)
 from dispatcher.simulator.common import phone_ok
 
 # The texts of 1000sms.md:37-93. 602 has two (1000sms.md:49 and :51): the send and
@@ -146,6 +152,10 @@ class Sms1000Sim(SimProvider):
             return self._reply(req, "7", {})
         if not phone_ok(phone):
             return self._reply(req, "617", {})
+        if phone.startswith(BLACKLISTED_PREFIX):
+            return self._reply(req, "618", {})  # 1000sms.md:79
+        if phone.startswith(GLOBAL_BLACKLISTED_PREFIX):
+            return self._reply(req, "622", {})  # 1000sms.md:87
         refused = sender_error(sender)
         if refused:
             return self._reply(req, refused, {})
