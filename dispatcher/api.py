@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from dispatcher import ledger
+from dispatcher import intake, ledger
 from dispatcher.config import Settings, get_settings
 from dispatcher.db import session_scope
 from dispatcher.errors import ValidationError
@@ -27,7 +27,19 @@ from dispatcher.validation import MAX_TTL, NewMessage, validate
 
 log = logging.getLogger("smsdispatch.api")
 
-FIELDS = ("to", "text", "sender", "key", "at", "ttl", "priority", "provider")
+FIELDS = (
+    "to",
+    "text",
+    "sender",
+    "key",
+    "at",
+    "ttl",
+    "priority",
+    "provider",
+    "callback_url",
+    "callback_task",
+    "tz",
+)
 
 # (message id, priority, pinned provider or None)
 PublishMany = Callable[[Sequence[tuple[str, str, str | None]]], None]
@@ -62,19 +74,27 @@ def _validate_many(settings: Settings, messages: Iterable[Mapping[str, Any]], bu
     return items
 
 
+@dataclass(frozen=True)
+class Stored:
+    ids: list[str]  # one per item, in order
+    fresh: list[int]  # indexes of the items newly stored (the others existed already)
+    due: list[tuple[str, str, str | None]]  # the new ones to publish now: (id, priority, pinned)
+
+
 def store(
-    items: Sequence[NewMessage], *, source: str = "producer", bulk: bool = False, bulk_key: str | None = None
-) -> tuple[list[str], list[int]]:
-    """Commit validated messages, honouring idempotency keys. Returns the id of each
-    item and the indexes of the ones newly stored (the others existed already).
-    ``bulk_key``: the call's own key, tied to the hash of all its items."""
+    items: Sequence[NewMessage], *, source: str = "producer", bulk: bool = False, bulk_key: str | None = None,
+    client: str | None = None,
+) -> Stored:  # fmt: skip
+    """Commit validated messages, honouring idempotency keys, the client's rules, the
+    stop list and the limits (``dispatcher.intake``). ``bulk_key``: the call's own
+    key, tied to the hash of all its items. ``client``: the client sending them."""
     # Each collision means another producer committed the key first (progress), so it
     # cannot go on for ever; with many overlapping calls one may lose several times in
     # a row. A time budget, not a count, bounds a database that keeps failing.
     deadline = time.monotonic() + _STORE_BUDGET
     while True:
         try:
-            return _store_once(items, source, bulk, bulk_key)
+            return _store_once(items, source, bulk, bulk_key, client)
         except IntegrityError:
             # Another producer stored the same key between our look-up and insert:
             # look again, and this time the existing row answers.
@@ -102,11 +122,16 @@ def bulk_hash(items: Sequence[NewMessage]) -> str:
 
 
 def _store_once(
-    items: Sequence[NewMessage], source: str, bulk: bool, bulk_key: str | None
-) -> tuple[list[str], list[int]]:
+    items: Sequence[NewMessage], source: str, bulk: bool, bulk_key: str | None, client_name: str | None
+) -> Stored:
     ids: list[str | None] = [None] * len(items)
     fresh: list[int] = []
+    settings = get_settings()
+    now = utcnow()
+    prefixes = [f"messages[{n}]." if bulk else "" for n in range(len(items))]
     with session_scope() as s:
+        client = intake.live_client(s, client_name) if client_name is not None else None
+        items = intake.shape(settings, items, client, prefixes, now)
         if bulk_key is not None:
             whole = bulk_hash(items)
             known = ledger.find_bulk_request(s, bulk_key)
@@ -116,7 +141,7 @@ def _store_once(
                     raise IdempotencyConflict(
                         "Idempotency-Key", f"already used for a different bulk payload (first used {first})"
                     )
-                return list(json.loads(known.message_ids)), []
+                return Stored(list(json.loads(known.message_ids)), [], [])
         existing = ledger.find_by_keys(s, {i.key for i in items if i.key})
         first_of_key: dict[str, int] = {}
         for n, item in enumerate(items):
@@ -138,10 +163,14 @@ def _store_once(
                 if item.key:
                     first_of_key[item.key] = n
                 fresh.append(n)
+        stopped = intake.screen(s, settings, items, fresh, prefixes, client, now)
         # Keyed rows in key order: two calls that share keys then take the unique
         # index's locks in the same order, and the second waits instead of deadlocking.
         order = sorted(fresh, key=lambda n: (items[n].key is None, items[n].key or ""))
-        new_ids = ledger.insert_messages(s, [items[n] for n in order], source=source)
+        new_ids = ledger.insert_messages(
+            s, [items[n] for n in order], source=source, rejected={i: stopped[n] for i, n in enumerate(order)
+                                                                   if n in stopped},
+        )  # fmt: skip
         for n, mid in zip(order, new_ids, strict=True):
             ids[n] = mid
         for n, item in enumerate(items):
@@ -150,11 +179,9 @@ def _store_once(
         done = [i for i in ids if i is not None]
         if bulk_key is not None:
             ledger.add_bulk_request(s, bulk_key, whole, done)
-    return done, sorted(fresh)
-
-
-def _publish(items: Sequence[NewMessage], ids: Sequence[str], fresh: Sequence[int]) -> None:
-    _publish_due([(ids[n], items[n].priority, items[n].provider) for n in fresh if items[n].send_at is None])
+    due = [(done[n], items[n].priority, items[n].provider) for n in fresh
+           if items[n].send_at is None and n not in stopped]  # fmt: skip
+    return Stored(done, sorted(fresh), due)
 
 
 def _publish_due(due: Sequence[tuple[str, str, str | None]]) -> None:
@@ -184,28 +211,35 @@ def send_sms(
     ttl: float | None = None,
     priority: str = "normal",
     provider: str | None = None,
+    *,
+    callback_url: str | None = None,
+    callback_task: str | None = None,
+    tz: str | None = None,
+    client: str | None = None,
 ) -> str:
     """Queue one SMS; returns its message id. Raises ``ValidationError`` naming the
-    field on bad input (nothing is stored then). The same ``key`` returns the same
-    message and sends nothing new."""
+    field on bad input (nothing is stored then), ``LimitExceeded`` when the client's
+    quota or the per-recipient rate refuses it. The same ``key`` returns the same
+    message and sends nothing new. A number on the stop list is stored ``rejected``
+    (error ``stopped``) and never sent.
+
+    ``callback_url`` (or ``callback_task``, a Celery task name) gets its status
+    changes; ``tz`` is the zone its quiet hours are read in; ``client`` names the
+    client sending it (its senders, quota, defaults apply)."""
     fields = {
-        "to": to,
-        "text": text,
-        "sender": sender,
-        "key": key,
-        "at": at,
-        "ttl": ttl,
-        "priority": priority,
-    }
-    fields["provider"] = provider
+        "to": to, "text": text, "sender": sender, "key": key, "at": at, "ttl": ttl, "priority": priority,
+        "provider": provider, "callback_url": callback_url, "callback_task": callback_task, "tz": tz,
+    }  # fmt: skip
     settings = get_settings()
-    [item] = _validate_many(settings, [fields], bulk=False)
-    ids, fresh = store([item])
-    _publish([item], ids, fresh)
-    return ids[0]
+    [item] = _validate_many(settings, [{k: v for k, v in fields.items() if v is not None}], bulk=False)
+    done = store([item], client=client)
+    _publish_due(done.due)
+    return done.ids[0]
 
 
-def send_bulk(messages: Iterable[Mapping[str, Any]], *, key: str | None = None) -> list[str]:
+def send_bulk(
+    messages: Iterable[Mapping[str, Any]], *, key: str | None = None, client: str | None = None
+) -> list[str]:
     """Queue many SMS in one transaction and one publish round; returns their ids in
     order. Every message is validated first: one bad message stores none.
 
@@ -214,7 +248,7 @@ def send_bulk(messages: Iterable[Mapping[str, Any]], *, key: str | None = None) 
     sends nothing new, and the key with any other payload (a superset included) is
     an ``IdempotencyConflict``."""
     items = _validate_many(get_settings(), keyed(messages, key), bulk=True)
-    return send_validated(items, key=key)
+    return send_validated(items, key=key, client=client)
 
 
 def keyed(messages: Iterable[Mapping[str, Any]], key: str | None) -> list[Mapping[str, Any]]:
@@ -233,13 +267,15 @@ def keyed(messages: Iterable[Mapping[str, Any]], key: str | None) -> list[Mappin
     ]
 
 
-def send_validated(items: Sequence[NewMessage], *, key: str | None = None) -> list[str]:
+def send_validated(
+    items: Sequence[NewMessage], *, key: str | None = None, client: str | None = None
+) -> list[str]:
     """``send_bulk`` for messages already through ``validate`` (with ``keyed``'s
     keys): the CLI checks a file line by line to name the line, and must not pay for
     a second check of 10,000 numbers."""
-    ids, fresh = store(items, bulk=True, bulk_key=key)
-    _publish(items, ids, fresh)
-    return ids
+    done = store(items, bulk=True, bulk_key=key, client=client)
+    _publish_due(done.due)
+    return done.ids
 
 
 def create_from_task(fields: Mapping[str, Any], *, task_id: str | None = None) -> str:
@@ -250,11 +286,18 @@ def create_from_task(fields: Mapping[str, Any], *, task_id: str | None = None) -
     (``task:ID``): a task redelivered after its worker died, or retried after the
     database failed at commit, finds the message it stored and stores no second."""
     settings = get_settings()
+    client = None
+    if isinstance(fields, Mapping) and "client" in fields:
+        # An app on the broker may say which client it sends for: its rules apply.
+        fields = dict(fields)
+        client = fields.pop("client")
+        if client is not None and not isinstance(client, str):
+            raise ValidationError("client", "expected a client's name")
     if task_id and isinstance(fields, Mapping) and fields.get("key") is None:
         fields = {**fields, "key": f"task:{task_id}"}
     [item] = _validate_many(settings, [fields], bulk=False)
-    ids, _ = store([item], source="task")
-    return ids[0]
+    done = store([item], source="task", client=client)
+    return done.ids[0]
 
 
 def get_message(message_id: str) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,12 +18,14 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session, col
 from sqlmodel import select as orm_select
 
+from dispatcher import callbacks
 from dispatcher.decisions import Action, Decision
 from dispatcher.models import (
     ATTEMPTS,
     BULK_REQUESTS,
     EVENTS,
     MESSAGES,
+    STOP_LIST,
     Attempt,
     BulkRequest,
     Message,
@@ -92,14 +94,21 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def insert_messages(session: Session, items: Sequence[NewMessage], *, source: str = "producer") -> list[str]:
-    """Insert validated messages with their first event; returns the ids in order."""
+def insert_messages(
+    session: Session, items: Sequence[NewMessage], *, source: str = "producer",
+    rejected: Mapping[int, str] | None = None,
+) -> list[str]:  # fmt: skip
+    """Insert validated messages with their first event; returns the ids in order.
+    ``rejected``: indexes of items refused before any send (the stop list), each
+    with its reason; they are stored ``rejected`` and never published."""
     now = utcnow()
     rows: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
-    for item in items:
+    refused = rejected or {}
+    for n, item in enumerate(items):
         mid = new_id()
-        status = Status.SCHEDULED if item.send_at else Status.QUEUED
+        status = Status.REJECTED if n in refused else Status.SCHEDULED if item.send_at else Status.QUEUED
+        why = refused.get(n)
         rows.append(
             {
                 "id": mid,
@@ -124,17 +133,34 @@ def insert_messages(session: Session, items: Sequence[NewMessage], *, source: st
                 "send_at": item.send_at,
                 "expires_at": item.expires_at,
                 "due_at": item.send_at or now,
-                "published_for": None if item.send_at else now,
+                "published_for": None if item.send_at or why else now,
+                "client": item.client,
+                "callback_url": item.callback_url,
+                "callback_task": item.callback_task,
+                # "stopped": the error a client looks for (the reason is in the event)
+                "last_error": why.partition(":")[0] if why else None,
+                "final_at": now if why else None,
             }
         )
         events.append(
-            {"message_id": mid, "at": now, "old_status": None, "new_status": status.value, "source": source}
-        )
+            {"message_id": mid, "at": now, "old_status": None, "new_status": status.value, "source": source,
+             "detail": why}
+        )  # fmt: skip
     if rows:
         # Bulk statements: one round trip per table, not one per message.
         session.execute(insert(MESSAGES), rows)
         session.execute(insert(EVENTS), events)
+        told = [r["id"] for r in rows if r["status"] == Status.REJECTED.value]
+        if told:  # a refusal at intake is the one first status an app must hear of
+            callbacks.record(session, told, now)
     return [r["id"] for r in rows]
+
+
+def _calls_back(old: Status | None, new: Status) -> bool:
+    """Whether a status change goes to the message's callback: every change but the
+    pipeline's own churn (a claim to ``sending``, and back to ``queued`` for a retry),
+    which says nothing an app can act on and would triple the callbacks."""
+    return new != Status.SENDING and not (old == Status.SENDING and new == Status.QUEUED)
 
 
 def find_by_keys(session: Session, keys: Iterable[str]) -> dict[str, Message]:
@@ -201,6 +227,8 @@ def transition(
                     detail=redact(detail) if detail else detail,
                 )
             )
+            if _calls_back(current, new):
+                callbacks.record(session, [message_id], now)
             return current
         # Another worker changed it between our read and our write: look again.
     return None
@@ -244,12 +272,14 @@ def transition_many(
     provider: str | None = None,
     due_before: datetime | None = None,
     also: dict[str, Any] | None = None,
+    notify: Collection[str] | None = None,
 ) -> list[str]:
     """The bulk form of ``transition`` for messages all in ``expect``: one UPDATE
     and one INSERT of events. Each change is ``{"id": ..., **fields}`` and may carry
     ``_raw`` and ``_detail`` for its event; ``also`` holds fields set alike on all.
     Returns the ids moved; the others had left ``expect`` (another worker, a final
-    status) and are untouched."""
+    status) and are untouched. ``notify``: the ids known to have a callback (the
+    send path knows from the claim); None looks them up in the outbox statement."""
     if not can_transition(expect, new):
         raise ValueError(f"{expect.value} -> {new.value} is not an allowed transition")
     if not changes:
@@ -298,6 +328,9 @@ def transition_many(
                 for mid in moved
             ],
         )  # fmt: skip
+        told = moved if notify is None else [m for m in moved if m in notify]
+        if told and _calls_back(expect, new):
+            callbacks.record(session, told, now)
     return moved
 
 
@@ -323,13 +356,25 @@ class Claimed:
     last_error: str | None
     # An operator asked to cancel it while a call was in doubt or in flight.
     cancel_requested_at: datetime | None
+    # It has a callback: its status changes go to the outbox. Known from the claim, so
+    # a group without one costs no outbox statement at all.
+    calls_back: bool = False
+    # The scope of its number's stop-list entry, if it has one: a number listed after
+    # the message was stored is honoured when it is claimed, at no extra statement.
+    stop_scope: str | None = None
 
     @property
     def tried_set(self) -> set[str]:
         return set(filter(None, self.tried.split(",")))
 
 
-_CLAIMED = [MESSAGES.c[n] for n in Claimed.__dataclass_fields__]
+_CLAIMED = [
+    *(MESSAGES.c[n] for n in Claimed.__dataclass_fields__ if n not in ("calls_back", "stop_scope")),
+    # Through coalesce: SQLite 3.40 answers `column IS NOT NULL` wrongly in an UPDATE's
+    # RETURNING (1 for a NULL column; checked by hand), while a function of it is right.
+    func.coalesce(MESSAGES.c.callback_url, MESSAGES.c.callback_task).is_not(None).label("calls_back"),
+    select(STOP_LIST.c.scope).where(STOP_LIST.c.phone == MESSAGES.c.to).scalar_subquery().label("stop_scope"),
+]
 
 
 def _claimed(rows: Iterable[Any]) -> list[Claimed]:
@@ -507,11 +552,12 @@ def _events(
 
 
 def apply(session: Session, decisions: Sequence[Decision], now: datetime, *, first_poll: float,
-          source: str = "send") -> list[str]:  # fmt: skip
+          source: str = "send", notify: Collection[str] | None = None) -> list[str]:  # fmt: skip
     """Apply one step's decisions for a group of ``sending`` messages: finish their
     attempts, move each message as its action says, write the events. A handful of
     set-based statements whatever the group's size. Returns the ids that moved to
-    ``queued`` (their tasks are to be published)."""
+    ``queued`` (their tasks are to be published). ``notify``: as for
+    ``transition_many``."""
     _finish_attempts(session, [d for d in decisions if d.attempt_id is not None and d.attempt_outcome], now)
     moves: dict[tuple[Status, str], list[dict[str, Any]]] = defaultdict(list)
     stays: list[dict[str, Any]] = []
@@ -533,7 +579,7 @@ def apply(session: Session, decisions: Sequence[Decision], now: datetime, *, fir
             by_shape[tuple(sorted(c))].append(c)
         for same in by_shape.values():
             moved = transition_many(session, same, status, expect=Status.SENDING, source=source,
-                                    provider=provider or None)  # fmt: skip
+                                    provider=provider or None, notify=notify)  # fmt: skip
             if status == Status.QUEUED:
                 requeued += moved
     return requeued

@@ -37,10 +37,10 @@ class Message(MessageBase, table=True):
         Index("ix_messages_provider_message_id", "provider", "provider_message_id"),
         # search: by recipient, by the provider's id alone, by client, newest first;
         # retention walks created_at
-        Index("ix_messages_to_created", "to", "created_at"),
+        Index("ix_messages_to_created", "to", "created_at", "id"),
         Index("ix_messages_pmid", "provider_message_id"),
-        Index("ix_messages_client_created", "client", "created_at"),
-        Index("ix_messages_created", "created_at"),
+        Index("ix_messages_client_created", "client", "created_at", "id"),
+        Index("ix_messages_created", "created_at", "id"),
     )
 
     id: str = Field(primary_key=True, max_length=32)

@@ -9,7 +9,7 @@ from typing import Any
 
 def to_toml(table: Mapping[str, Any]) -> str:
     """Write a configuration document: top-level values, then tables, then
-    ``[providers.NAME]`` tables. Values: strings, numbers, booleans, lists."""
+    ``[providers.NAME]`` tables. Values: strings, numbers, booleans, lists, inline tables."""
 
     def value(v: Any) -> str:
         if isinstance(v, bool):
@@ -18,6 +18,8 @@ def to_toml(table: Mapping[str, Any]) -> str:
             return repr(v)
         if isinstance(v, list | tuple):
             return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, Mapping):  # an inline table: policy.recipient_limit = {high = "5/hour"}
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     lines = [f"{k} = {value(v)}" for k, v in table.items() if not isinstance(v, Mapping)]

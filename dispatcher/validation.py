@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from dispatcher.config import PhonesConfig, Settings, check_sender
 from dispatcher.errors import ConfigError, ValidationError
 from dispatcher.phones import Phone, read_phone
+from dispatcher.quiet import zone
 from dispatcher.segments import MAX_PARTS, count_parts, encoding
 
 PRIORITIES = ("high", "normal")
@@ -42,6 +44,12 @@ class NewMessage:
     requested_at: datetime | None = None
     requested_ttl: float | None = None
     region: str | None = None  # of `to`, ISO 3166 (RU, KZ); None in rows stored before it
+    # Where its status changes go (an http(s) URL or a Celery task name), and the zone
+    # its quiet hours are read in; the client's defaults fill them in at store time.
+    callback_url: str | None = None
+    callback_task: str | None = None
+    tz: str | None = None
+    client: str | None = None  # the client that sent it (set at store time)
 
     def payload_hash(self) -> str:
         """What idempotency compares: the same key must come with the same payload.
@@ -58,6 +66,10 @@ class NewMessage:
         }
         if self.requested_ttl is not None:  # absent before: hashes of requests without it stay
             payload["ttl"] = self.requested_ttl
+        # The same: only when given, so that hashes of requests without them stay.
+        for name in ("callback_url", "callback_task", "tz"):
+            if getattr(self, name) is not None:
+                payload[name] = getattr(self, name)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -142,6 +154,9 @@ def validate(
     ttl: Any = None,
     priority: Any = "normal",
     provider: Any = None,
+    callback_url: Any = None,
+    callback_task: Any = None,
+    tz: Any = None,
     prefix: str = "",
     now: datetime | None = None,
 ) -> NewMessage:
@@ -194,6 +209,25 @@ def validate(
                 f"{prefix}provider", f"no enabled provider instance {_shown(provider)} ({', '.join(names)})"
             )
 
+    if callback_url is not None:
+        if not isinstance(callback_url, str):
+            raise ValidationError(f"{prefix}callback_url", "expected a string")
+        problem = url_problem(callback_url, settings.callbacks.allow_private)
+        if problem:
+            raise ValidationError(f"{prefix}callback_url", problem)
+    if callback_task is not None:
+        from dispatcher.callbacks import check_task_name
+
+        if not isinstance(callback_task, str):
+            raise ValidationError(f"{prefix}callback_task", "expected a string")
+        check_task_name(callback_task, f"{prefix}callback_task")
+    if callback_url is not None and callback_task is not None:
+        raise ValidationError(f"{prefix}callback_task", "give callback_url or callback_task, not both")
+    if tz is not None:
+        if not isinstance(tz, str):
+            raise ValidationError(f"{prefix}tz", "expected a string")
+        zone(tz, f"{prefix}tz")
+
     send_at = _as_utc(at, f"{prefix}at") if at is not None else None
     if ttl is None:
         ttl_seconds = settings.pipeline.default_ttl
@@ -223,4 +257,26 @@ def validate(
         requested_at=send_at,
         requested_ttl=None if ttl is None else float(ttl),
         region=phone.region,
+        callback_url=callback_url,
+        callback_task=callback_task,
+        tz=tz,
     )
+
+
+_url_checks: dict[tuple[str, bool], tuple[float, str | None]] = {}
+
+
+def url_problem(url: str, allow_private: bool) -> str | None:
+    """``callbacks.check_url`` remembered for a minute: a bulk call of 10,000 messages
+    with one callback URL resolves it once, not 10,000 times."""
+    from dispatcher.callbacks import check_url
+
+    now = time.monotonic()
+    known = _url_checks.get((url, allow_private))
+    if known is not None and now - known[0] < 60.0:
+        return known[1]
+    problem = check_url(url, allow_private=allow_private)
+    if len(_url_checks) > 1000:
+        _url_checks.clear()
+    _url_checks[(url, allow_private)] = (now, problem)
+    return problem

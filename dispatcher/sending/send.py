@@ -27,11 +27,11 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session
 
-from dispatcher import ledger
+from dispatcher import ledger, stoplist
 from dispatcher.config import ProviderConfig, Settings
 from dispatcher.coordination import CLOSED, PROBE, SKIP, Coordinator, Gate
 from dispatcher.db import session_scope, write_through_outage
-from dispatcher.decisions import CONTINUE, Action, Decision, Outcome
+from dispatcher.decisions import CONTINUE, Action, Decision, Outcome, StopNote
 from dispatcher.errors import ProviderError, RetryableError
 from dispatcher.ledger import Claimed
 from dispatcher.models import Attempt, utcnow
@@ -53,6 +53,21 @@ MAX_RATE_WAIT = 1.0  # a rate-limit slot further away than this: back to the que
 
 WORDS = {Action.ACCEPT: "accepted", Action.REJECT: "rejected", Action.MARK_UNKNOWN: "unknown",
          Action.RETRY: "retry", Action.WAIT: "waiting", Action.EXHAUSTED: "exhausted"}  # fmt: skip
+
+
+def _list_stopped(s: Session, decisions: Sequence[Decision]) -> None:
+    """Put the recipients a provider refused as blacklisted or opted out on the stop
+    list, in the transaction that rejects their messages: a refusal is never written
+    without its listing, nor the other way round."""
+    by_scope: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
+    for d in decisions:
+        if d.stop is not None and d.provider:
+            by_scope[d.stop.scope].append((d.stop.phone, f"provider:{d.provider}", d.stop.reason))
+    for scope, entries in by_scope.items():
+        new = stoplist.add_many(s, entries, scope=scope)
+        log.warning("stop list (%s): %d recipient(s) refused as blacklisted or opted out, %d newly listed:"
+                    " %s", scope, len(entries), new,
+                    "; ".join(f"{source} {reason}" for _, source, reason in entries))  # fmt: skip
 
 
 def lease_of(config: ProviderConfig) -> float:
@@ -213,6 +228,13 @@ class SendPipeline:
             elif m.id in cancels:
                 # Its calls are settled (or none was made): nothing more goes out.
                 settled.append(self._cancelled(m, maybe_sent=cancels[m.id]))
+            elif m.stop_scope is not None and stoplist.blocks(m.stop_scope, m.priority):
+                # Listed after it was stored (an opt-out, a provider's blacklist): 38-FZ
+                # wants nothing more sent to the number, queued campaigns included.
+                d = self._give_up(m, Status.REJECTED, f"{stoplist.STOPPED}: the number was put on the"
+                                                      " stop list before the message went out")  # fmt: skip
+                d.extra["last_error"] = stoplist.STOPPED
+                settled.append(d)
             elif now >= m.expires_at:
                 settled.append(self._give_up(m, Status.FAILED if m.attempts else Status.EXPIRED,
                                              "every try failed until its TTL ran out" if m.attempts
@@ -437,6 +459,9 @@ class SendPipeline:
         if err is not None:
             d.http_status, d.code, d.raw, d.error = err.http_status, err.code, err.raw, str(err)
             log.info("%s via %s: %s (%s): %s", c.msg.id, c.provider.name, d.action, d.reason, err)
+            scope = c.provider.stop_scope(err) if d.action == Action.REJECT else None
+            if scope is not None:
+                d.stop = StopNote(c.msg.to, scope, f"{err.code}: {err.message}")
         return d
 
     def _verdict(self, outcome: Outcome, m: Claimed, cfg: ProviderConfig) -> Verdict:
@@ -617,9 +642,14 @@ class SendPipeline:
         in step and returns the tasks to publish once it commits."""
         if not decisions:
             return []
-        requeued = set(ledger.apply(s, decisions, now, first_poll=self.settings.polling.intervals[0],
-                                    source=source))  # fmt: skip
         held = {m.id: m for m in group}
+        # The claim said which have a callback; a decision for a message not in the
+        # group (none today) lets the outbox statement look for itself.
+        known = all(d.message_id in held for d in decisions)
+        notify = {m.id for m in group if m.calls_back} if known else None
+        requeued = set(ledger.apply(s, decisions, now, first_poll=self.settings.polling.intervals[0],
+                                    source=source, notify=notify))  # fmt: skip
+        _list_stopped(s, decisions)
         publish = []
         for d in decisions:
             m = held.get(d.message_id)

@@ -26,10 +26,10 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("callback_task", sa.String(length=200), nullable=True))
         batch_op.add_column(_ts("masked_at"))
     # Outside the batch: on PostgreSQL a big ledger gets each index in its own statement.
-    op.create_index("ix_messages_to_created", "messages", ["to", "created_at"])
+    op.create_index("ix_messages_to_created", "messages", ["to", "created_at", "id"])
     op.create_index("ix_messages_pmid", "messages", ["provider_message_id"])
-    op.create_index("ix_messages_client_created", "messages", ["client", "created_at"])
-    op.create_index("ix_messages_created", "messages", ["created_at"])
+    op.create_index("ix_messages_client_created", "messages", ["client", "created_at", "id"])
+    op.create_index("ix_messages_created", "messages", ["created_at", "id"])
     op.create_table(
         "clients",
         sa.Column("name", sa.String(length=64), nullable=False),
