@@ -73,6 +73,9 @@ def configure(settings: Settings) -> Celery:
             "smsdispatch.balances": {"queue": CONTROL_QUEUE},
             "smsdispatch.poll": {"queue": POLL_QUEUE},
             "smsdispatch.status_queue": {"queue": POLL_QUEUE},
+            # Housekeeping: a slow receiver or a long purge never holds a send slot.
+            "smsdispatch.callbacks": {"queue": CONTROL_QUEUE},
+            "smsdispatch.purge": {"queue": CONTROL_QUEUE},
         },
         beat_schedule=beat_schedule(settings),
         worker_hijack_root_logger=False,

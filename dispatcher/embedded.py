@@ -16,8 +16,10 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
+from dispatcher.callbacks import deliver_due
 from dispatcher.config import Settings
 from dispatcher.coordination import MemoryCoordinator
+from dispatcher.retention import purge_due
 from dispatcher.schedule import jobs
 from dispatcher.sending import SendPipeline
 from dispatcher.sweeper import sweep
@@ -112,6 +114,8 @@ class EmbeddedRunner:
             "smsdispatch.balances": lambda: read_balances(settings, coordinator),
             "smsdispatch.poll": lambda name: poll_due(settings, coordinator, pipeline.provider(name)),
             "smsdispatch.status_queue": drain,
+            "smsdispatch.callbacks": lambda: deliver_due(settings),
+            "smsdispatch.purge": lambda: purge_due(settings),
         }
         last: dict[str, float] = {}
         schedule = jobs(settings)

@@ -190,3 +190,8 @@ def balances() -> list[dict[str, Any]]:
         return read_balances(pipeline.settings, pipeline.coordinator)
     finally:
         _done("balances", lease)
+
+
+# The housekeeping tasks live in modules of their own; importing them registers them.
+from workers.tasks import callbacks as callbacks  # noqa: E402
+from workers.tasks import retention as retention  # noqa: E402
