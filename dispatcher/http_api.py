@@ -1,34 +1,54 @@
 """The HTTP intake API (``smsdispatch api``), for apps that are not written in Python.
 
-    POST /v1/messages            one message, or {"messages": [...]}; Idempotency-Key header
-    GET  /v1/messages/{id}       the message with its attempts and status events
-    GET  /v1/messages            ?status=&provider=&since=&until=&limit=
-    GET  /v1/providers           breaker, rate limit, balance, last error per provider
-    GET  /healthz                database, broker, and workers that actually consume
-    GET  /metrics                Prometheus text format
+    POST   /v1/messages          one message, or {"messages": [...]}; Idempotency-Key header
+    GET    /v1/messages/{id}     the message with its attempts and status events
+    GET    /v1/messages          ?to=&key=&provider_message_id=&client=&status=&provider=
+                                 &since=&until=&limit=&cursor= -> {"messages": [...], "next": ...}
+    POST   /v1/stop-list         {"to", "scope"?: "normal" | "all", "reason"?}: 201 new, 200 listed already
+    DELETE /v1/stop-list/{to}    204, or 404 when not listed
+    GET    /v1/stop-list         ?after=&limit= -> {"entries": [...], "next": ...}
+    GET    /v1/providers         breaker, rate limit, balance, last error per provider (operator only)
+    GET    /healthz              database, broker, and workers that actually consume
+    GET    /metrics              Prometheus text format
 
-Everything under /v1 needs ``Authorization: Bearer <api.token>``. /healthz and
-/metrics carry no message content and answer without it, for probes and scrapers.
+Everything under /v1 needs ``Authorization: Bearer <key>``: ``[api] token`` is the
+operator's key, which sees everything; a client's key (``smsdispatch clients add``)
+sees only the messages it sent (another's id is the same 404 as a missing one), may
+filter only by itself, sends only from its senders and within its quota, and lists
+and removes only the stop-list entries it added. A key is checked against the ledger
+on every request, so a revoked key is refused by the next request on every process.
+/healthz and /metrics carry no message content and answer without a key, for probes
+and scrapers.
+
+Lists are newest first (the stop list by number), a page at a time: ``next`` is the
+cursor of the following page (``cursor=``, or ``after=`` for the stop list), null on
+the last; rows stored meanwhile neither repeat nor shift a walk in progress.
 
 Every error, whatever refuses the request, is JSON ``{"error": {"field": ..., "reason": ...}}``:
-400 a body that is not JSON (field ``body``), 401 (``authorization``), 404 an unknown
-route (``path``) or message (``message_id``), 405 a method the route does not take
-(``method``), 409 an idempotency key reused with another payload, 422 a field or
-parameter at fault, named as the request spells it (``to``, ``messages[3].ttl``,
-``since``, ``Idempotency-Key``). A fault of ours is a 500 with ``field`` null and
-``reason`` "internal error": logged here, never a traceback to the client.
+400 a body that is not JSON (field ``body``), 401 a missing, unknown or revoked key
+(``authorization``), 403 an operator's route asked with a client's key
+(``authorization``), 404 an unknown route (``path``), message (``message_id``) or
+stop-list entry (``to``), 405 a method the route does not take (``method``), 409 an
+idempotency key reused with another payload, 422 a field or parameter at fault, named
+as the request spells it (``to``, ``messages[3].ttl``, ``since``, ``cursor``,
+``Idempotency-Key``), 429 a limit (``code``: ``quota`` for the client's daily quota,
+``recipient_rate`` for too many to one number) with ``Retry-After`` in seconds. A fault
+of ours is a 500 with ``field`` null and ``reason`` "internal error": logged here,
+never a traceback to the client.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route functions'
 # annotations at runtime, and they name `bearer`, a local of create_app.
 import hmac
 import logging
+import math
 import statistics
 from collections.abc import Sequence
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -39,10 +59,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatcher import api
+from dispatcher.clients import ClientInfo, authenticate
 from dispatcher.config import Settings
-from dispatcher.errors import ConfigError, ValidationError
-from dispatcher.models import ATTEMPTS, MESSAGES, utcnow
-from dispatcher.validation import MAX_TTL, text_problem
+from dispatcher.db import session_scope
+from dispatcher.errors import ConfigError, LimitExceeded, ValidationError
+from dispatcher.models import ATTEMPTS, MESSAGES, STOP_LIST, utcnow
+from dispatcher.search import MAX_LIMIT, search
+from dispatcher.validation import MAX_TTL, normalize_phone, text_problem
 
 log = logging.getLogger("smsdispatch.http")
 
@@ -63,6 +86,15 @@ class MessageIn(BaseModel):
     )  # fmt: skip
     priority: Literal["high", "normal"] = "normal"
     provider: str | None = Field(default=None, description="pin one provider instance", max_length=40)
+    callback_url: str | None = Field(
+        default=None, description="http(s) URL for signed status callbacks", max_length=2000
+    )
+    callback_task: str | None = Field(
+        default=None, description="Celery task name for status callbacks", max_length=200
+    )
+    tz: str | None = Field(
+        default=None, description="the recipient's IANA time zone, for quiet hours", max_length=64
+    )
 
 
 class BulkIn(BaseModel):
@@ -90,9 +122,38 @@ class BulkCreated(BaseModel):
     count: int
 
 
+class MessagePage(BaseModel):
+    messages: list[dict[str, Any]]
+    next: str | None = Field(description="cursor of the next page; null on the last")
+
+
+class StopIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    to: str = Field(description="phone number, in any spelling send_sms takes", max_length=40)
+    scope: Literal["normal", "all"] = Field(
+        default="normal", description="normal: advertising and bulk; all: one-time codes too"
+    )
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class StopEntryOut(BaseModel):
+    phone: str
+    scope: str
+    source: str | None = Field(description="operator, client:NAME or provider:NAME; null: another client's")
+    reason: str | None
+    created_at: datetime
+
+
+class StopPage(BaseModel):
+    entries: list[StopEntryOut]
+    next: str | None = Field(description="`after` of the next page; null on the last")
+
+
 class ErrorBody(BaseModel):
     field: str | None = Field(description="the field or parameter at fault; null for a fault of ours")
     reason: str
+    code: str | None = Field(default=None, description="on a 429, the limit: quota or recipient_rate")
 
 
 class ErrorOut(BaseModel):
@@ -103,6 +164,27 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut},
     422: {"model": ErrorOut},
 }  # fmt: skip
+LIMITED: dict[int | str, dict[str, Any]] = {
+    **ERRORS, 429: {"model": ErrorOut, "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+}  # fmt: skip
+OPERATOR_ONLY: dict[int | str, dict[str, Any]] = {**ERRORS, 403: {"model": ErrorOut}}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request's key belongs to."""
+
+    client: ClientInfo | None  # None: the operator
+
+    @property
+    def source(self) -> str:
+        """As the stop list records who added an entry."""
+        return "operator" if self.client is None else f"client:{self.client.name}"
+
+    def sees(self, client: str | None) -> bool:
+        """Whether this caller may see what ``client`` sent or added."""
+        return self.client is None or client == self.client.name
+
 
 # Where pydantic puts a request error, and the names of the body's union members:
 # neither is part of the field's name as the client wrote it.
@@ -170,9 +252,25 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(_InternalErrors)
     bearer = HTTPBearer(auto_error=False)
 
-    def auth(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+    def auth(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
+        # The key itself goes nowhere but these comparisons: no log line, no error text.
+        if credentials is None:
             raise HTTPException(401, "a valid bearer token is required")
+        given = credentials.credentials
+        if hmac.compare_digest(given.encode(), token.encode()):
+            return Caller(None)
+        # Looked up on every request, never cached: a revoked key is refused by the
+        # very next request on every API process.
+        with session_scope(settings.database_url) as s:
+            client = authenticate(s, given)
+        if client is None:
+            raise HTTPException(401, "a valid bearer token is required")
+        return Caller(client)
+
+    def operator(caller: Annotated[Caller, Depends(auth)]) -> Caller:
+        if caller.client is not None:
+            raise HTTPException(403, "the operator's key is required")
+        return caller
 
     def printable(request: Request) -> None:
         # After auth: a stranger learns nothing. A control character in a path
@@ -195,6 +293,8 @@ def create_app(settings: Settings) -> FastAPI:
         if exc.status_code == 401:
             field = "authorization"
             headers["WWW-Authenticate"] = "Bearer"
+        elif exc.status_code == 403:
+            field = "authorization"
         elif exc.status_code == 405:
             field = "method"
             return _error(405, field, f"{request.method} is not allowed on {request.url.path}", headers)
@@ -220,52 +320,156 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(ValidationError)
     async def our_error(request: Request, exc: ValidationError) -> JSONResponse:
+        if isinstance(exc, LimitExceeded):
+            wait = exc.retry_after if math.isfinite(exc.retry_after) else 86400.0
+            # At least a second: "Retry-After: 0" invites a client to hammer a limit.
+            seconds = max(1, math.ceil(wait))
+            body = {"error": {"field": exc.field, "reason": exc.reason, "code": exc.code}}
+            return JSONResponse(body, status_code=429, headers={"Retry-After": str(seconds)})
         status = 409 if isinstance(exc, api.IdempotencyConflict) else 422
         return _error(status, exc.field, exc.reason)
 
     guarded = [Depends(auth), Depends(printable)]
+    Who = Annotated[Caller, Depends(auth)]
 
-    @app.post("/v1/messages", status_code=201, dependencies=guarded, responses=ERRORS)
+    @app.post("/v1/messages", status_code=201, dependencies=guarded, responses=LIMITED)
     def post_messages(
+        caller: Who,
         body: Body,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Created | BulkCreated:
         """Queue one message, or many in one transaction (all or nothing)."""
+        # api applies the client's senders, quota and window; the operator has none.
+        scope: dict[str, Any] = {} if caller.client is None else {"client": caller.client.name}
         if isinstance(body, MessageIn):
             fields = body.model_dump(exclude_none=True)
             if idempotency_key:
                 if body.key and body.key != idempotency_key:
                     raise ValidationError("key", "differs from the Idempotency-Key header")
                 fields["key"] = idempotency_key
-            mid = api.send_sms(**fields)
+            mid = api.send_sms(**fields, **scope)
             message = api.get_message(mid) or {}
             return Created(id=mid, status=str(message.get("status")))
         # The call's key covers the whole payload: send_bulk derives the per-message
         # keys and refuses the same key with another list (IdempotencyConflict, 409).
         items = [m.model_dump(exclude_none=True) for m in body.messages]
-        ids = api.send_bulk(items, key=idempotency_key)
+        ids = api.send_bulk(items, key=idempotency_key, **scope)
         return BulkCreated(ids=ids, count=len(ids))
 
     @app.get("/v1/messages/{message_id}", dependencies=guarded, responses=ERRORS)
-    def get_message(message_id: str) -> dict[str, Any]:
+    def get_message(caller: Who, message_id: str) -> dict[str, Any]:
         """One message with its provider attempts and every status event."""
         message = api.get_message(message_id)
-        if message is None:
+        # Another client's message answers as a missing one: its id tells nothing.
+        if message is None or not caller.sees(message.get("client")):
             raise HTTPException(404, f"no message {message_id}")
         return dict(jsonable_encoder(message))
 
     @app.get("/v1/messages", dependencies=guarded, responses=ERRORS)
     def list_messages(
-        status: str | None = None,
-        provider: str | None = None,
+        caller: Who,
+        to: Annotated[str | None, Query(description="the recipient, in any spelling", max_length=40)] = None,
+        key: Annotated[str | None, Query(description="idempotency key", max_length=200)] = None,
+        provider_message_id: Annotated[str | None, Query(max_length=100)] = None,
+        client: Annotated[
+            str | None, Query(description="a client's name (a client: only its own)", max_length=64)
+        ] = None,
+        status: Annotated[str | None, Query(max_length=16)] = None,
+        provider: Annotated[str | None, Query(max_length=40)] = None,
         since: Annotated[str | None, Query(description="ISO-8601 with a zone")] = None,
         until: Annotated[str | None, Query(description="ISO-8601 with a zone")] = None,
-        limit: Annotated[int, Query(ge=1, le=10000)] = 100,
-    ) -> list[dict[str, Any]]:
-        """Messages newest first."""
-        return list(jsonable_encoder(api.list_messages(status, provider, since, until, limit)))
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+        cursor: Annotated[str | None, Query(description="`next` of the previous page")] = None,
+    ) -> MessagePage:
+        """Messages newest first, a page at a time."""
+        if caller.client is not None:
+            if client is not None and client != caller.client.name:
+                raise ValidationError("client", "a client's key searches only its own messages")
+            client = caller.client.name
+        rows, following = search(
+            settings, client=client, to=to, key=key, provider_message_id=provider_message_id, status=status,
+            provider=provider, since=since, until=until, limit=limit, cursor=cursor,
+        )  # fmt: skip
+        return MessagePage(messages=jsonable_encoder(rows), next=following)
 
-    @app.get("/v1/providers", dependencies=guarded, responses=ERRORS)
+    def entry_out(caller: Caller, row: Any) -> StopEntryOut:
+        entry = dict(row)
+        if not caller.sees(_client_of(entry.get("source"))):
+            # Another client's entry: it exists, but why and for whom is not ours to tell.
+            entry["source"] = entry["reason"] = None
+        return StopEntryOut.model_validate({k: entry.get(k) for k in StopEntryOut.model_fields})
+
+    @app.post(
+        "/v1/stop-list",
+        status_code=201,
+        dependencies=guarded,
+        responses={**ERRORS, 200: {"model": StopEntryOut}},
+    )
+    def stop_add(caller: Who, body: StopIn, response: Response) -> StopEntryOut:
+        """Stop sending to a number: 201 when added, 200 when it was listed already."""
+        from dispatcher import stoplist
+
+        phone = normalize_phone(body.to, "to", settings.phones)
+        if body.reason is not None and text_problem(body.reason):
+            raise ValidationError("reason", "control characters are not allowed")
+        listed = select(STOP_LIST).where(STOP_LIST.c.phone == phone)
+        with session_scope(settings.database_url) as s:
+            held = s.execute(listed.with_for_update()).mappings().first()
+            if held is not None and caller.client is not None and held["source"] != caller.source:
+                # stoplist.add would hand the entry to this client (which could then
+                # delete it) and set its scope: another's entry stays as it is.
+                new, row = False, held
+            else:
+                new = stoplist.add(s, phone, scope=body.scope, source=caller.source, reason=body.reason)
+                row = s.execute(listed).mappings().one()
+        response.status_code = 201 if new else 200
+        return entry_out(caller, row)
+
+    @app.delete("/v1/stop-list/{to}", status_code=204, dependencies=guarded, responses=ERRORS)
+    def stop_remove(caller: Who, to: str) -> Response:
+        """Send to a number again. A client removes only the entries it added."""
+        from dispatcher import stoplist
+
+        phone = normalize_phone(to, "to", settings.phones)
+        with session_scope(settings.database_url) as s:
+            if caller.client is not None:
+                # Locked until the remove: the entry cannot change hands in between.
+                source = s.execute(
+                    select(STOP_LIST.c.source).where(STOP_LIST.c.phone == phone).with_for_update()
+                ).scalar()
+                if source != caller.source:  # not listed, or not this client's to remove
+                    raise HTTPException(404, f"{phone} is not on the stop list")
+            if not stoplist.remove(s, phone):
+                raise HTTPException(404, f"{phone} is not on the stop list")
+        return Response(status_code=204)
+
+    @app.get("/v1/stop-list", dependencies=guarded, responses=ERRORS)
+    def stop_entries(
+        caller: Who,
+        after: Annotated[str | None, Query(description="`next` of the previous page", max_length=15)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+    ) -> StopPage:
+        """Stop-list entries by number, a page at a time (a client: those it added)."""
+        from dispatcher import stoplist
+
+        if after is not None and not (after.isascii() and after.isdigit()):
+            raise ValidationError("after", "the E.164 digits of a number, as `next` gives them")
+        prefix = None if caller.client is None else caller.source
+        found: list[dict[str, Any]] = []
+        with session_scope(settings.database_url) as s:
+            # By prefix the store also matches longer names (client:acme finds
+            # client:acme-eu): only exact sources count, so read on until a page is full.
+            while len(found) <= limit:
+                batch = stoplist.entries(s, source_prefix=prefix, after=after, limit=limit + 1)
+                found += [e for e in batch if prefix is None or e.get("source") == prefix]
+                if len(batch) <= limit:
+                    break
+                after = batch[-1]["phone"]
+        page = found[:limit]
+        following = page[-1]["phone"] if len(found) > limit else None
+        return StopPage(entries=[entry_out(caller, e) for e in page], next=following)
+
+    @app.get("/v1/providers", dependencies=[Depends(operator), Depends(printable)], responses=OPERATOR_ONLY)
     def providers() -> list[dict[str, Any]]:
         from dispatcher.ops import provider_rows
 
@@ -297,6 +501,13 @@ def create_app(settings: Settings) -> FastAPI:
         return render_metrics(settings)
 
     return app
+
+
+def _client_of(source: Any) -> str | None:
+    """The client a stop-list source names (``client:NAME``), else None."""
+    if isinstance(source, str) and source.startswith("client:"):
+        return source.removeprefix("client:")
+    return None
 
 
 def _labels(**labels: Any) -> str:
@@ -398,4 +609,13 @@ def render_metrics(settings: Settings) -> str:
         "Messages refused at an intake door no producer waits on (by-name tasks), with the field logged.",
         [({"door": door}, n) for door, n in refused.items()],
     )
+    try:
+        from dispatcher.callbacks import metrics_samples
+
+        outbox = metrics_samples(settings)
+    except Exception:  # the outbox unreadable: the other metrics still answer, these are absent
+        log.debug("callback metrics unavailable", exc_info=True)
+        outbox = []
+    for name, kind, help_text, samples in outbox:
+        metric(name, kind, help_text, samples)
     return "\n".join(lines) + "\n"
