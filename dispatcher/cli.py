@@ -683,6 +683,344 @@ def _db_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
+# -- clients, stop list, search, callbacks, purge (issue 13) ----------------------------
+
+
+def _subcommands(p: argparse.ArgumentParser) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Subcommands under one command; without one argparse prints the usage, exit 2."""
+    return p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
+# The options of `clients add` by the field names create_client reports.
+_CLIENT_OPTIONS = {
+    "name": "NAME", "sender": "--sender", "daily_quota": "--daily-quota", "callback_url": "--callback-url",
+    "callback_task": "--callback-task", "send_window": "--send-window", "timezone": "--timezone",
+}  # fmt: skip
+
+
+def _client_add(args: argparse.Namespace) -> int:
+    from dispatcher.clients import create_client
+    from dispatcher.db import session_scope
+
+    settings = config_mod.get_settings()
+    try:
+        with session_scope() as s:
+            info, key, secret = create_client(
+                s, args.name, senders=tuple(args.sender or ()), daily_quota=args.daily_quota,
+                callback_url=args.callback_url, callback_task=args.callback_task,
+                send_window=args.send_window, timezone=args.timezone,
+                allow_private=settings.callbacks.allow_private,
+            )  # fmt: skip
+    except ValidationError as exc:
+        # Said in the terms the user typed: the option, not the field behind it.
+        raise type(exc)(_CLIENT_OPTIONS.get(exc.field, exc.field), exc.reason) from None
+
+    # The only time the key and the secret are ever shown: the ledger keeps the key's
+    # hash alone, and no other command prints either.
+    def human() -> str:
+        return "\n".join([
+            f"client {info.name} created",
+            f"API key:        {key}",
+            f"webhook secret: {secret}",
+            "Both are shown only this once: store them now (the ledger keeps only a hash of the key).",
+        ])  # fmt: skip
+
+    emit(args, {"name": info.name, "key": key, "webhook_secret": secret}, human)
+    return EXIT_OK
+
+
+def _client_list(args: argparse.Namespace) -> int:
+    from dispatcher.clients import list_clients
+    from dispatcher.db import session_scope
+
+    with session_scope() as s:
+        data = [{k: _iso(v) for k, v in c.public().items()} for c in list_clients(s)]
+    emit(args, data, lambda: render_table(
+        ["name", "key", "senders", "quota/day", "callback", "window", "timezone", "created", "revoked"],
+        [[c["name"], c["key_prefix"] + "...", ",".join(c["senders"]), c["daily_quota"],
+          c["callback_url"] or c["callback_task"], c["send_window"], c["timezone"], c["created_at"],
+          c["revoked_at"]] for c in data],
+    ))  # fmt: skip
+    return EXIT_OK
+
+
+def _client_revoke(args: argparse.Namespace) -> int:
+    from dispatcher.clients import revoke_client
+    from dispatcher.db import session_scope
+
+    with session_scope() as s:
+        done = revoke_client(s, args.name)
+    if not done:
+        raise UsageError(f"no live client {args.name!r} (none by that name, or revoked already)")
+    emit(
+        args, {"name": args.name, "revoked": True}, lambda: f"client {args.name} revoked: its key is refused"
+    )
+    return EXIT_OK
+
+
+def run_clients(args: argparse.Namespace) -> int:
+    actions: dict[str, Command] = {"add": _client_add, "list": _client_list, "revoke": _client_revoke}
+    return actions[args.action](args)
+
+
+@command("clients", "apps with their own API keys: clients add | list | revoke")
+def _clients_args(p: argparse.ArgumentParser) -> None:
+    sub = _subcommands(p)
+    add = sub.add_parser(
+        "add", help="a new client; prints its API key and webhook secret, shown only this once"
+    )
+    add.add_argument("name", metavar="NAME", help="1-64 letters, digits, '_', '.' or '-'")
+    add.add_argument("--sender", action="append", metavar="S", help="a sender it may use (repeat for more)")
+    add.add_argument("--daily-quota", type=int, metavar="N", help="messages per day (policy.timezone's day)")
+    add.add_argument("--callback-url", metavar="URL", help="its status callbacks: a signed POST here")
+    add.add_argument("--callback-task", metavar="NAME", help="its status callbacks: this Celery task")
+    add.add_argument(
+        "--send-window",
+        metavar="HH:MM-HH:MM",
+        help="when its normal-priority messages may go out (local time)",
+    )
+    add.add_argument("--timezone", metavar="TZ", help="of its send window (IANA, e.g. Europe/Moscow)")
+    add.add_argument("--json", action="store_true", help="print an object with name, key and webhook_secret")
+    listing = sub.add_parser("list", help="every client, never its key or secret")
+    listing.add_argument("--json", action="store_true")
+    revoke = sub.add_parser("revoke", help="refuse the client's key from now on")
+    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("--json", action="store_true")
+
+
+def _phone(value: str) -> str:
+    from dispatcher.validation import normalize_phone
+
+    return normalize_phone(value, "PHONE", config_mod.get_settings().phones)
+
+
+def _stop_add(args: argparse.Namespace) -> int:
+    from dispatcher import stoplist
+    from dispatcher.db import session_scope
+
+    phone, scope = _phone(args.phone), "all" if args.all else "normal"
+    with session_scope() as s:
+        added = stoplist.add(s, phone, scope=scope, source="operator", reason=args.reason)
+    data = {"phone": phone, "added": added, "scope": scope}
+    emit(args, data, lambda: f"{phone}: " + (
+        f"on the stop list ({'every message' if args.all else 'bulk and advertising'})" if added
+        else f"on the stop list already (scope now {scope})"))  # fmt: skip
+    return EXIT_OK
+
+
+def _stop_remove(args: argparse.Namespace) -> int:
+    from dispatcher import stoplist
+    from dispatcher.db import session_scope
+
+    phone = _phone(args.phone)
+    with session_scope() as s:
+        removed = stoplist.remove(s, phone)
+    if not removed:
+        raise UsageError(f"{phone} is not on the stop list")
+    emit(args, {"phone": phone, "removed": True}, lambda: f"{phone}: off the stop list")
+    return EXIT_OK
+
+
+def _stop_list(args: argparse.Namespace) -> int:
+    from dispatcher import stoplist
+    from dispatcher.db import session_scope
+
+    with session_scope() as s:
+        rows = [{k: _iso(v) for k, v in e.items()} for e in stoplist.entries(s, limit=args.limit)]
+        total = stoplist.count(s)
+
+    def human() -> str:
+        shown = f" (the first {len(rows)})" if len(rows) < total else ""
+        table = render_table(
+            ["phone", "scope", "source", "added", "reason"],
+            [
+                [r.get("phone"), r.get("scope"), r.get("source"), r.get("created_at"), r.get("reason")]
+                for r in rows
+            ],
+        )
+        return f"{table}\n\n{total} numbers on the stop list{shown}"
+
+    emit(args, {"count": total, "entries": rows}, human)
+    return EXIT_OK
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    actions: dict[str, Command] = {"add": _stop_add, "remove": _stop_remove, "list": _stop_list}
+    return actions[args.action](args)
+
+
+@command("stop", "the stop list (numbers we do not send to): stop add | remove | list")
+def _stop_args(p: argparse.ArgumentParser) -> None:
+    sub = _subcommands(p)
+    add = sub.add_parser("add", help="stop bulk and advertising to a number (--all: one-time codes too)")
+    add.add_argument("phone", metavar="PHONE")
+    add.add_argument("--all", action="store_true", help="every message, one-time codes included")
+    add.add_argument("--reason", metavar="TEXT")
+    add.add_argument("--json", action="store_true")
+    remove = sub.add_parser("remove", help="take a number off the stop list")
+    remove.add_argument("phone", metavar="PHONE")
+    remove.add_argument("--json", action="store_true")
+    listing = sub.add_parser("list", help="the stop list, newest first")
+    listing.add_argument("--limit", type=int, default=100, metavar="N")
+    listing.add_argument("--json", action="store_true")
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from dispatcher.search import MAX_LIMIT, search
+
+    settings = config_mod.get_settings()
+    filters: dict[str, Any] = {
+        "to": args.to, "key": args.key, "provider_message_id": args.provider_message_id,
+        "client": args.client, "status": args.status, "provider": args.provider, "since": args.since,
+        "until": args.until,
+    }  # fmt: skip
+    # --all walks every page; the pages are as big as the API allows, --limit caps none.
+    limit = MAX_LIMIT if args.all else args.limit
+    try:
+        rows, cursor = search(settings, **filters, limit=limit, cursor=args.cursor)
+        while args.all and cursor is not None:
+            page, cursor = search(settings, **filters, limit=limit, cursor=cursor)
+            rows += page
+    except ValidationError as exc:
+        field = {"to": "--to", "provider_message_id": "--provider-message-id"}.get(
+            exc.field, f"--{exc.field}"
+        )
+        raise type(exc)(field, exc.reason) from None
+    data = [{k: _iso(v) for k, v in r.items()} for r in rows]
+
+    def human() -> str:
+        table = render_table(
+            ["id", "to", "status", "provider", "provider id", "client", "key", "created"],
+            [[r["id"], r["to"], r["status"], r["provider"], r["provider_message_id"], r["client"], r["key"],
+              r["created_at"]] for r in data],
+        )  # fmt: skip
+        more = f"\nmore: --cursor {cursor}" if cursor else ""
+        return f"{table}\n{len(data)} messages{more}"
+
+    emit(args, {"messages": data, "next": cursor}, human)
+    return EXIT_OK
+
+
+@command("search", "find messages by recipient, key, provider id or client, newest first")
+def _search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--to", metavar="PHONE", help="the recipient, in any form send takes")
+    p.add_argument("--key", metavar="K", help="the idempotency key")
+    p.add_argument("--provider-message-id", metavar="ID", help="the provider's own id")
+    p.add_argument("--client", metavar="NAME")
+    p.add_argument("--status")
+    p.add_argument("--provider", metavar="INSTANCE")
+    p.add_argument("--since", help="ISO-8601 time with a zone")
+    p.add_argument("--until", help="ISO-8601 time with a zone")
+    p.add_argument("--limit", type=int, default=100, metavar="N", help="a page's size (1-1000)")
+    p.add_argument("--cursor", help="the next page: the cursor a previous search printed")
+    p.add_argument("--all", action="store_true", help="every page, to the end")
+    p.add_argument("--json", action="store_true", help="print an object with messages and next")
+
+
+def _age(seconds: Any) -> str:
+    if seconds is None:
+        return "-"
+    s = float(seconds)
+    return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h"
+
+
+def run_callbacks(args: argparse.Namespace) -> int:
+    from dispatcher.callbacks import backlog
+
+    data = backlog(config_mod.get_settings())
+
+    def human() -> str:
+        head = (
+            f"pending {data['pending']}, failed {data['failed']}, delivered in 24h {data['delivered_24h']},"
+            f" oldest pending {_age(data.get('oldest_pending_age_s'))}"
+        )
+        endpoints = data.get("endpoints") or []
+        if not endpoints:
+            return head
+        table = render_table(
+            ["endpoint", "client", "pending", "failing", "failed 24h", "oldest", "last error"],
+            [[e.get("url") or f"task {e.get('task')}", e.get("client"), e.get("pending"), e.get("failing"),
+              e.get("failed_24h"), _age(e.get("oldest_s")), (e.get("last_error") or "")[:80]]
+             for e in endpoints],
+        )  # fmt: skip
+        return f"{head}\n\n{table}"
+
+    emit(args, data, human)
+    return EXIT_OK
+
+
+@command("callbacks", "the status callback outbox: pending, failed, and each endpoint's backlog")
+def _callbacks_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true")
+
+
+def _before(value: str) -> Any:
+    """``--before``: an ISO date (00:00 UTC that day) or a time with a zone; not ahead."""
+    from datetime import UTC, date, datetime
+
+    from dispatcher.validation import _as_utc
+
+    if len(value) == 10:
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            raise ValidationError("--before", f"not an ISO date (YYYY-MM-DD): {value!r}") from None
+        at = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    else:
+        at = _as_utc(value, "--before")
+    if at > datetime.now(UTC):
+        raise ValidationError("--before", f"{at.isoformat()} is in the future: nothing would be kept")
+    return at
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    from dispatcher.retention import purge
+
+    settings = config_mod.get_settings()
+    before = _before(args.before)
+    mode = args.mode or settings.policy.retention_mode
+    counts = purge(settings, before=before, mode=mode, dry_run=args.dry_run)
+    data = {"before": before.isoformat(), "mode": mode, "dry_run": args.dry_run, "counts": counts}
+
+    def human() -> str:
+        cleared = "cleared of replies and details" if mode == "mask" else "deleted"
+        what = {
+            "messages": "messages deleted",
+            "masked": "messages masked (phone and text)",
+            "attempts": f"attempts {cleared}",
+            "events": f"status events {cleared}",
+            "callbacks": "callbacks deleted",
+            "balance_readings": "balance readings deleted",
+            "bulk_requests": "bulk request keys deleted",
+            "client_usage": "client daily counts deleted",
+        }
+        rows = [
+            [label, counts[k]]
+            for k, label in what.items()
+            if k != ("messages" if mode == "mask" else "masked")
+        ]
+        head = f"before {before.isoformat()}, {mode} mode" + (
+            ": a dry run, nothing changed" if args.dry_run else ""
+        )
+        tail = f"{counts['kept_in_flight']} older messages kept: not settled yet"
+        table = render_table(["", "would be" if args.dry_run else "done"], rows)
+        return "\n".join([head, table, tail])
+
+    emit(args, data, human)
+    return EXIT_OK
+
+
+@command("purge", "delete (or mask) messages and their history older than a date (retention, 152-FZ)")
+def _purge_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--before", required=True, metavar="DATE",
+        help="an ISO date (00:00 UTC) or time with a zone: what was created before it goes",
+    )  # fmt: skip
+    p.add_argument("--mode", choices=["delete", "mask"], help="default: policy.retention_mode")
+    p.add_argument("--dry-run", action="store_true", help="count what would go, change nothing")
+    p.add_argument("--json", action="store_true")
+
+
 # -- demo ---------------------------------------------------------------------------
 
 
