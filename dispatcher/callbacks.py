@@ -76,6 +76,7 @@ from dispatcher.config import Settings
 from dispatcher.errors import ValidationError
 from dispatcher.models import ATTEMPTS, CALLBACKS, CLIENTS, MESSAGES, utcnow
 from dispatcher.redact import redact
+from dispatcher.status import Status
 
 log = logging.getLogger("smsdispatch.callbacks")
 
@@ -225,6 +226,11 @@ _RECORDED = (
 )  # fmt: skip
 
 
+_FAILURES = [
+    s.value for s in (Status.REJECTED, Status.FAILED, Status.UNDELIVERED, Status.EXPIRED, Status.UNKNOWN)
+]
+
+
 def record(session: Session, message_ids: Sequence[str], now: datetime) -> int:
     """Write a callback for each of ``message_ids`` that has a callback URL or task,
     copying its current status and fields: one INSERT ... SELECT in the caller's
@@ -234,7 +240,11 @@ def record(session: Session, message_ids: Sequence[str], now: datetime) -> int:
     m, c = MESSAGES, CALLBACKS
     source = select(
         m.c.id, m.c.client, m.c.callback_url, m.c.callback_task, m.c.status, m.c.key, m.c.to, m.c.provider,
-        m.c.provider_message_id, m.c.last_error, m.c.parts, literal(now, c.c.at.type),
+        m.c.provider_message_id,
+        # The error only where the status is a failure: a delivered message may still
+        # carry the text of a status poll that failed on the way.
+        case((m.c.status.in_(_FAILURES), m.c.last_error), else_=None),
+        m.c.parts, literal(now, c.c.at.type),
         literal(PENDING, c.c.state.type), literal(0, c.c.tries.type), literal(now, c.c.next_at.type),
         literal(now, c.c.created_at.type),
     ).where(

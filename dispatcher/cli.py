@@ -1063,10 +1063,19 @@ def run_demo(args: argparse.Namespace) -> int:
              for r in result.providers],
         )  # fmt: skip
         tail = f"lost: {result.lost}" + ("" if not result.lost else "  <- messages not settled in time")
-        return "\n".join([*head, "", body, "", tail])
+        cb = result.callbacks
+        untold = f", {len(cb['missing'])} messages not told" if cb["missing"] else ""
+        signed = ", all signed" if cb["all_signed"] else ", SOME BADLY SIGNED"
+        hooks = [
+            f"client {cb['client']!r} (its own key): {cb['messages']} messages, the last to a number on the"
+            f" stop list ({cb['stopped']}); its callback receiver got {cb['received']} status changes"
+            f"{signed}{untold}:",
+            *(f"  {line}" for line in cb["lines"]),
+        ]
+        return "\n".join([*head, "", body, "", *hooks, "", tail])
 
     emit(args, result.as_dict(), table)
-    return EXIT_FAILED if result.lost else EXIT_OK
+    return EXIT_FAILED if result.lost or result.callbacks.get("missing") else EXIT_OK
 
 
 @command("demo", "the whole pipeline on a mixed load against the simulator, with an outage half way")

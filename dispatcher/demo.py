@@ -59,6 +59,8 @@ class DemoResult:
     ledger: str
     outage: str | None
     notes: list[str] = field(default_factory=list)
+    # The client "shop": its messages, the callbacks its receiver got, the stopped one.
+    callbacks: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -75,6 +77,8 @@ def demo_table(sim: Simulator, db_url: str, broker_url: str) -> dict[str, Any]:
         "exhausted_delay": 1.0, "sweeper_interval": 1.0, "sweeper_stale_after": 5.0,
         "visibility_timeout": 30.0,
     }  # fmt: skip
+    # The demo's receiver is on loopback: a real deployment keeps allow_private off.
+    table["callbacks"] = {"allow_private": True, "interval": 0.3, "backoff_base": 0.3, "backoff_cap": 2.0}
     table["polling"] = {
         "interval": 0.5,
         "intervals": [0.5, 1.0, 2.0],
@@ -85,6 +89,44 @@ def demo_table(sim: Simulator, db_url: str, broker_url: str) -> dict[str, Any]:
 
 
 MOBILE_CODES = ("16", "26", "03")  # +7 916, 926, 903
+SHOP = "shop"  # the demo's client: its own key, a callback receiver
+SHOP_MESSAGES = 10
+STOPPED_PHONE = "79165550101"  # on the stop list: the shop's advert to it is refused
+
+
+def _shop(receiver: Any) -> list[dict[str, Any]]:
+    """The client "shop" with its callback, and one number on the stop list; its load:
+    order notices, and an advert to the stopped number."""
+    from dispatcher import stoplist
+    from dispatcher.clients import create_client
+
+    with db.session_scope() as s:
+        _, _, secret = create_client(s, SHOP, callback_url=receiver.url, allow_private=True)
+        stoplist.add(s, STOPPED_PHONE, reason="replied STOP to an advert")
+    receiver.secret = secret
+    load = [{"to": f"7916555{n:04d}", "text": f"Заказ №{1000 + n} собран и передан в доставку."}
+            for n in range(1, SHOP_MESSAGES + 1)]  # fmt: skip
+    return [*load, {"to": STOPPED_PHONE, "text": "Скидка 20% только сегодня!"}]
+
+
+def _callback_report(receiver: Any, shop_ids: list[str], statuses: dict[str, str]) -> dict[str, Any]:
+    got: dict[str, list[str]] = defaultdict(list)
+    lines = []
+    for r in receiver.received:
+        if r.payload is None or r.answered != 200:
+            continue
+        p = r.payload
+        got[p["id"]].append(p["status"])
+        lines.append(f"{p['id'][:8]}  {p['status']:<11} {p.get('provider') or '-':<8} to {p['to']}"
+                     f"{'  error ' + p['error'] if p.get('error') else ''}"
+                     f"  ({'signed ok' if r.verified else 'BAD SIGNATURE'})")  # fmt: skip
+    # Missing: a message whose current status its receiver has not been told.
+    missing = [m for m in shop_ids if statuses.get(m) not in got.get(m, [])]
+    return {
+        "client": SHOP, "messages": len(shop_ids), "received": sum(len(v) for v in got.values()),
+        "all_signed": all(r.verified for r in receiver.received if r.payload is not None),
+        "missing": missing, "stopped": statuses.get(shop_ids[-1]) if shop_ids else None, "lines": lines,
+    }  # fmt: skip
 
 
 def make_load(n: int, rng: random.Random) -> list[dict[str, Any]]:
@@ -238,6 +280,10 @@ def run(
         db.dispose_engines()
         db.get_engine()  # a fresh SQLite file: migrated on first use
         kinds = [p.name for p in settings.providers]
+        from dispatcher.simulator.receiver import Receiver
+
+        receiver = Receiver().start()
+        shop_load = _shop(receiver)
         if mode == "celery":
             import redis
 
@@ -270,6 +316,7 @@ def run(
         try:
             load = make_load(messages, rng)
             ids: list[str] = []
+            shop_ids = api.send_bulk(shop_load, client=SHOP)
             outage_at = len(load) // 2
             outage_done: str | None = None
             outage_ends: float | None = None
@@ -301,6 +348,14 @@ def run(
                 if settled == len(ids) and outage_ends is None:
                     break
                 time.sleep(0.25)
+            # The shop's receiver hears of every change; give the last ones a moment.
+            deadline = time.monotonic() + 10.0
+            while True:
+                shop_statuses = _counts(shop_ids)
+                shop_report = _callback_report(receiver, shop_ids, shop_statuses)
+                if not shop_report["missing"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
             if progress:
                 sys.stderr.write("\n")
             seconds = time.monotonic() - started
@@ -310,8 +365,12 @@ def run(
             # Lost: not in the ledger, or never taken by any provider. A message a
             # provider took and we still poll is in flight, not lost.
             lost = len(ids) - sum(counts[s] for s in SETTLED | TRACKED)
+            for status in shop_statuses.values():
+                counts[status] += 1
+            lost += len(shop_ids) - sum(shop_statuses.get(m) in SETTLED | TRACKED for m in shop_ids)
             report = provider_report(ids, kinds)
         finally:
+            receiver.stop()
             quiet.setLevel(level)
             if runner is not None:
                 runner.stop()
@@ -324,5 +383,14 @@ def run(
                     proc.kill()
             db.dispose_engines()
     return DemoResult(
-        mode, len(ids), seconds, dict(counts), report, lost, str(folder / "ledger.db"), outage_done, notes
+        mode,
+        len(ids) + len(shop_ids),
+        seconds,
+        dict(counts),
+        report,
+        lost,
+        str(folder / "ledger.db"),
+        outage_done,
+        notes,
+        shop_report,
     )

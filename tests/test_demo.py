@@ -21,7 +21,8 @@ def test_demo_embedded_small_run(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(result.stdout)
-    assert data["mode"] == "embedded" and data["messages"] == 200 and data["lost"] == 0
+    # 200 of the mixed load, and the client "shop"'s 11
+    assert data["mode"] == "embedded" and data["messages"] == 211 and data["lost"] == 0
     assert data["outage"].startswith("sms1000")
     rows = {r["provider"]: r for r in data["providers"]}
     assert set(rows) == set(KINDS)
@@ -33,6 +34,12 @@ def test_demo_embedded_small_run(tmp_path: Path) -> None:
     # 1000sms.ru report both per message).
     assert rows["prostor"]["parts"] >= rows["prostor"]["accepted"] > 0 and rows["prostor"]["cost"] > 0
     assert rows["sms1000"]["cost"] > 0
+    # The client "shop": every status change of its messages reached its receiver,
+    # signed; its advert to the number on the stop list was refused with "stopped".
+    hooks = data["callbacks"]
+    assert hooks["missing"] == [] and hooks["all_signed"] and hooks["stopped"] == "rejected"
+    assert hooks["received"] >= 2 * hooks["messages"] - 1
+    assert any("rejected" in line and "error stopped" in line for line in hooks["lines"])
 
 
 def test_demo_on_celery_workers_with_redis(tmp_path: Path) -> None:
