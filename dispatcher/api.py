@@ -22,6 +22,7 @@ from dispatcher import intake, ledger
 from dispatcher.config import Settings, get_settings
 from dispatcher.db import session_scope
 from dispatcher.errors import ValidationError
+from dispatcher.keys import public_key, scoped_key
 from dispatcher.models import utcnow
 from dispatcher.validation import MAX_TTL, NewMessage, validate
 
@@ -132,6 +133,7 @@ def _store_once(
     with session_scope() as s:
         client = intake.live_client(s, client_name) if client_name is not None else None
         items = intake.shape(settings, items, client, prefixes, now)
+        bulk_key = scoped_key(client_name, bulk_key)
         if bulk_key is not None:
             whole = bulk_hash(items)
             known = ledger.find_bulk_request(s, bulk_key)
@@ -310,6 +312,7 @@ def get_message(message_id: str) -> dict[str, Any] | None:
         events = ledger.events_of(s, message_id)
     data = msg.model_dump()
     data.pop("payload_hash", None)
+    data["key"] = public_key(msg.key, msg.client)
     data["attempts"] = [a.model_dump() for a in attempts]
     data["attempt_count"] = msg.attempts
     # What the providers reported charging for it, over every attempt they took.

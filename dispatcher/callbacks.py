@@ -74,6 +74,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from dispatcher import db
 from dispatcher.config import Settings
 from dispatcher.errors import ValidationError
+from dispatcher.keys import public_key
 from dispatcher.models import ATTEMPTS, CALLBACKS, CLIENTS, MESSAGES, utcnow
 from dispatcher.redact import redact
 from dispatcher.status import Status
@@ -120,6 +121,8 @@ def address_problem(address: str) -> str | None:
         ("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback),
         ("link-local", ip.is_link_local), ("multicast", ip.is_multicast),
         ("reserved", ip.is_reserved), ("private", ip.is_private),
+        # fec0::/10, deprecated (RFC 3879) but still routed inside some networks
+        ("site-local", isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local),
     ):  # fmt: skip
         if flag:
             return f"is {'an' if word[0] in 'aeiou' else 'a'} {word} address"
@@ -327,7 +330,8 @@ def _claim(session: Session, settings: Settings, now: datetime, limit: int) -> l
     for r in sorted(rows, key=lambda r: r.id):
         cost = costs.get(r.message_id)
         payload = {
-            "id": r.message_id, "key": r.key, "to": r.to, "status": r.status, "provider": r.provider,
+            "id": r.message_id, "key": public_key(r.key, r.client), "to": r.to, "status": r.status,
+            "provider": r.provider,
             "provider_message_id": r.provider_message_id, "error": redact(r.error) if r.error else None,
             "parts": r.parts, "cost": float(cost) if cost is not None else None, "at": _iso(r.at),
         }  # fmt: skip

@@ -797,8 +797,15 @@ def _phone(value: str) -> str:
 def _stop_add(args: argparse.Namespace) -> int:
     from dispatcher import stoplist
     from dispatcher.db import session_scope
+    from dispatcher.validation import text_problem
 
     phone, scope = _phone(args.phone), "all" if args.all else "normal"
+    if args.reason is not None:
+        # Printed again by `stop list`: no terminal escapes, and a line's length.
+        problem = text_problem(args.reason) or ("" if "\n" not in args.reason else "a line break")
+        if problem or len(args.reason) > stoplist.MAX_REASON:
+            why = problem or f"{len(args.reason)} characters, more than {stoplist.MAX_REASON}"
+            raise ValidationError("--reason", why)
     with session_scope() as s:
         added = stoplist.add(s, phone, scope=scope, source="operator", reason=args.reason)
     data = {"phone": phone, "added": added, "scope": scope}
@@ -825,6 +832,8 @@ def _stop_list(args: argparse.Namespace) -> int:
     from dispatcher import stoplist
     from dispatcher.db import session_scope
 
+    if not 1 <= args.limit <= 10000:
+        raise ValidationError("--limit", f"from 1 to 10000, got {args.limit}")
     with session_scope() as s:
         rows = [{k: _iso(v) for k, v in e.items()} for e in stoplist.entries(s, limit=args.limit)]
         total = stoplist.count(s)

@@ -341,6 +341,17 @@ def create_app(settings: Settings) -> FastAPI:
         """Queue one message, or many in one transaction (all or nothing)."""
         # api applies the client's senders, quota and window; the operator has none.
         scope: dict[str, Any] = {} if caller.client is None else {"client": caller.client.name}
+        if caller.client is not None:
+            # A task name is published on our broker: a remote key naming one could call
+            # any app's task there. A client's task is the operator's to set (clients add).
+            many = body.messages if isinstance(body, BulkIn) else [body]
+            for n, m in enumerate(many):
+                if m.callback_task is not None:
+                    where = f"messages[{n}].callback_task" if isinstance(body, BulkIn) else "callback_task"
+                    raise ValidationError(
+                        where, "a client key cannot name a Celery task; use callback_url, or ask the"
+                        " operator to set the client's callback task"
+                    )  # fmt: skip
         if isinstance(body, MessageIn):
             fields = body.model_dump(exclude_none=True)
             if idempotency_key:
@@ -414,14 +425,12 @@ def create_app(settings: Settings) -> FastAPI:
             raise ValidationError("reason", "control characters are not allowed")
         listed = select(STOP_LIST).where(STOP_LIST.c.phone == phone)
         with session_scope(settings.database_url) as s:
-            held = s.execute(listed.with_for_update()).mappings().first()
-            if held is not None and caller.client is not None and held["source"] != caller.source:
-                # stoplist.add would hand the entry to this client (which could then
-                # delete it) and set its scope: another's entry stays as it is.
-                new, row = False, held
-            else:
-                new = stoplist.add(s, phone, scope=body.scope, source=caller.source, reason=body.reason)
-                row = s.execute(listed).mappings().one()
+            # A client changes only an entry it made: another's stays as it is (it could
+            # otherwise take it over, narrow it, then delete it), decided in the write.
+            only = caller.source if caller.client is not None else None
+            new = stoplist.add(s, phone, scope=body.scope, source=caller.source, reason=body.reason,
+                               only_if_source=only)  # fmt: skip
+            row = s.execute(listed).mappings().one()
         response.status_code = 201 if new else 200
         return entry_out(caller, row)
 

@@ -25,6 +25,7 @@ from dispatcher import stoplist
 from dispatcher.clients import ClientInfo, get_client
 from dispatcher.config import Settings
 from dispatcher.errors import LimitExceeded, ValidationError
+from dispatcher.keys import scoped_key
 from dispatcher.models import CLIENT_USAGE, MESSAGES
 from dispatcher.quiet import opens_at, parse_window, zone
 from dispatcher.validation import NewMessage
@@ -55,6 +56,8 @@ def shape(
         changes: dict[str, object] = {}
         if client is not None:
             changes["client"] = client.name
+            if item.key is not None:
+                changes["key"] = scoped_key(client.name, item.key)
             if client.senders:
                 if item.sender is None and len(client.senders) == 1:
                     changes["sender"] = client.senders[0]

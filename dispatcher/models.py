@@ -44,7 +44,9 @@ class Message(MessageBase, table=True):
     )
 
     id: str = Field(primary_key=True, max_length=32)
-    key: str | None = Field(default=None, max_length=200, unique=True)  # idempotency key
+    # The idempotency key; a client's is stored as "client:NAME:KEY" (intake.scoped_key),
+    # so that two apps' keys never meet, and shown without the prefix.
+    key: str | None = Field(default=None, max_length=300, unique=True)
     payload_hash: str = Field(max_length=64)
     parts: int
     encoding: str = Field(max_length=8)
@@ -132,7 +134,7 @@ class Callback(SQLModel, table=True):
     task: str | None = Field(default=None, max_length=200)
     # The message as it was at the change (the payload's fields).
     status: str = Field(max_length=16)
-    key: str | None = Field(default=None, max_length=200)
+    key: str | None = Field(default=None, max_length=300)
     to: str = Field(max_length=15)
     provider: str | None = Field(default=None, max_length=40)
     provider_message_id: str | None = Field(default=None, max_length=100)
@@ -167,7 +169,7 @@ class BulkRequest(SQLModel, table=True):
 
     __tablename__ = "bulk_requests"
 
-    key: str = Field(primary_key=True, max_length=200)
+    key: str = Field(primary_key=True, max_length=300)
     payload_hash: str = Field(max_length=64)
     message_ids: str = Field(sa_column=Column(Text, nullable=False))  # JSON list, in order
     created_at: datetime = Field(default_factory=utcnow)

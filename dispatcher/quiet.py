@@ -57,7 +57,10 @@ def parse_window(text: str | None, field: str) -> Window | None:
 
 def zone(name: str, field: str) -> ZoneInfo:
     """The IANA zone ``name`` (``Europe/Moscow``), or a ``ValidationError`` naming ``field``."""
-    if not name or len(name) > 64 or not name.isprintable() or name.startswith("/") or ".." in name:
+    # "localtime", "posixrules" and "Factory" are files of the tz database that mean the
+    # host's own setting (or nothing), not a place: quiet hours would follow the server.
+    host = name in ("localtime", "posixrules", "Factory")
+    if host or not name or len(name) > 64 or not name.isprintable() or name.startswith("/") or ".." in name:
         raise ValidationError(field, f"not an IANA time zone: {name[:64]!r}")
     try:
         return ZoneInfo(name)

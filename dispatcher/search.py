@@ -26,6 +26,7 @@ from sqlalchemy import ColumnElement, Select, and_, or_, select
 from dispatcher.config import Settings
 from dispatcher.db import session_scope
 from dispatcher.errors import ValidationError
+from dispatcher.keys import public_key, scoped_key
 from dispatcher.models import MESSAGES as M
 from dispatcher.status import Status
 from dispatcher.validation import _as_utc, normalize_phone, text_problem
@@ -119,6 +120,8 @@ def search(
     )  # fmt: skip
     with session_scope(settings.database_url) as s:
         rows = [dict(r) for r in s.execute(query).mappings().all()]
+    for row in rows:
+        row["key"] = public_key(row["key"], row["client"])
     if len(rows) <= limit:
         return rows, None
     rows = rows[:limit]
@@ -149,7 +152,8 @@ def statement(
     if to is not None:
         conditions.append(M.c.to == normalize_phone(to, "to", settings.phones))
     if key is not None:
-        conditions.append(M.c.key == _text(key, "key", 200))
+        # A client's keys live in its own namespace (intake.scoped_key).
+        conditions.append(M.c.key == scoped_key(client, _text(key, "key", 200)))
     if provider_message_id is not None:
         conditions.append(M.c.provider_message_id == _text(provider_message_id, "provider_message_id", 100))
     if client is not None:

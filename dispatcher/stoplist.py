@@ -79,15 +79,20 @@ def add(
     scope: str = "normal",
     source: str = "operator",
     reason: str | None = None,
+    only_if_source: str | None = None,
 ) -> bool:
     """List ``phone``; True when it was not listed before.
 
     An existing entry: a provider-sourced add only widens it (``normal`` -> ``all``,
     taking the new source and reason then) and never narrows it; any other add
     (operator, client) sets the scope as given, and the source, keeping the old reason
-    when none is given. ``created_at`` stays the first listing's.
+    when none is given. ``created_at`` stays the first listing's. ``only_if_source``:
+    an existing entry is changed only if it has that source (a client may not take
+    over, narrow or later delete an entry someone else made); decided in the write
+    itself, so two clients listing a number at once cannot both win.
     """
     _check(phone, scope, source)
+    reason = clean_reason(reason)
     now = utcnow()
     # RETURNING names the rows inserted: rowcount is -1 for an INSERT under psycopg.
     inserted = session.execute(
@@ -107,12 +112,25 @@ def add(
                 .values(scope="all", source=source, reason=reason)
             )
         return False
+    mine = [STOP_LIST.c.source == only_if_source] if only_if_source is not None else []
     session.execute(
         update(STOP_LIST)
-        .where(STOP_LIST.c.phone == phone)
+        .where(STOP_LIST.c.phone == phone, *mine)
         .values(scope=scope, source=source, reason=STOP_LIST.c.reason if reason is None else reason)
     )
     return False
+
+
+MAX_REASON = 500
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean_reason(reason: str | None) -> str | None:
+    """A reason fit to store and print: a provider's reply text may carry control
+    characters (a terminal escape in `stop list`) and be of any length."""
+    if reason is None:
+        return None
+    return _CONTROL.sub("\ufffd", reason)[:MAX_REASON]
 
 
 def add_many(
@@ -126,7 +144,7 @@ def add_many(
     first: dict[str, tuple[str, str | None]] = {}
     for phone, source, reason in entries:
         _check(phone, scope, source)
-        first.setdefault(phone, (source, reason))
+        first.setdefault(phone, (source, clean_reason(reason)))
     if not first:
         return 0
     now = utcnow()

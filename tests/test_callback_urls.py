@@ -27,6 +27,7 @@ REFUSED = [
     ("http://0.0.0.0:80/cb", "unspecified"),
     ("http://[::ffff:127.0.0.1]/cb", "127.0.0.1"),
     ("http://[fd00::1]/cb", "private"),
+    ("http://[fec0::1]/cb", "site-local"),
     ("http://[fe80::1]/cb", "link-local"),
     ("http://224.0.0.1/cb", "multicast"),
     ("http://localhost:9/cb", "resolves to"),

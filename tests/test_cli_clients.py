@@ -135,6 +135,12 @@ def test_stop_list_round_trip(cfg: Path) -> None:
     assert "79161234567 is not on the stop list" in refused(run_cli(cfg, "stop", "remove", "79161234567"))
     assert json.loads(ok(run_cli(cfg, "stop", "list", "--json")))["count"] == 1
     assert "PHONE" in refused(run_cli(cfg, "stop", "add", "12345"))
+    # `stop list` prints reasons to a terminal: no escapes, no endless lines; a bad
+    # --limit is a usage error, not an unexpected one.
+    assert "--reason" in refused(run_cli(cfg, "stop", "add", "79261234568", "--reason", "\x1b[2Jgone"))
+    assert "--reason" in refused(run_cli(cfg, "stop", "add", "79261234568", "--reason", "x" * 501))
+    for limit in ("0", "-1", "10001"):
+        assert "--limit" in refused(run_cli(cfg, "stop", "list", "--limit", limit))
 
 
 def test_search_finds_what_send_stored(cfg: Path) -> None:

@@ -261,3 +261,54 @@ def test_a_number_listed_after_its_message_was_stored_is_honoured_at_send_time(
     assert message["last_error"] == "stopped" and message["attempts"] == []
     assert "stop list" in message["events"][-1]["detail"]
     assert [m.phone for m in sim["smstele"].state.messages.values()] == ["79161234568"]
+
+
+def test_idempotency_keys_belong_to_their_client(any_stack: Stack) -> None:
+    """Two apps with natural keys ("order-1") never answer or block each other."""
+    from dispatcher.search import search
+
+    settings = any_stack.configure(providers=["smstele"])
+    _client("one")
+    _client("two")
+    a = api.send_sms(PHONE, "order 1", key="order-1", client="one")
+    b = api.send_sms(PHONE, "order 1", key="order-1", client="two")
+    assert a != b
+    assert api.send_sms(PHONE, "order 1", key="order-1", client="one") == a  # a replay, within one
+    with pytest.raises(ValidationError) as conflict:
+        api.send_sms(PHONE, "other text", key="order-1", client="two")
+    assert b in conflict.value.reason and a not in conflict.value.reason
+    # Bulk keys too; the operator's own key is a third namespace.
+    bulk_a = api.send_bulk([{"to": PHONE, "text": "x"}], key="batch-7", client="one")
+    bulk_b = api.send_bulk([{"to": PHONE, "text": "y"}], key="batch-7", client="two")
+    assert bulk_a != bulk_b
+    assert api.send_sms(PHONE, "order 1", key="order-1") not in (a, b)
+    # Shown as the client gave it, and found by it.
+    assert _status(a)["key"] == "order-1" and _status(b)["key"] == "order-1"
+    rows, _ = search(settings, client="two", key="order-1")
+    assert [r["id"] for r in rows] == [b] and rows[0]["key"] == "order-1"
+
+
+def test_two_clients_listing_one_number_at_once_cannot_take_it_from_each_other(any_stack: Stack) -> None:
+    any_stack.configure(providers=["smstele"])
+    scopes = {"acme": "all", "beta": "normal"}
+    for n in range(10):
+        phone = f"7916123{n:04d}"
+        barrier = threading.Barrier(2)
+        added: dict[str, bool] = {}
+
+        def add(who: str, phone: str, barrier: threading.Barrier, added: dict[str, bool]) -> None:
+            barrier.wait()
+            with db.session_scope() as s:
+                added[who] = stoplist.add(s, phone, scope=scopes[who], source=f"client:{who}",
+                                          only_if_source=f"client:{who}")  # fmt: skip
+
+        threads = [threading.Thread(target=add, args=(w, phone, barrier, added)) for w in scopes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with db.session_scope() as s:
+            [entry] = stoplist.entries(s, after=str(int(phone) - 1), limit=1)
+        winner = "acme" if added["acme"] else "beta"
+        assert sorted(added.values()) == [False, True]
+        assert (entry["source"], entry["scope"]) == (f"client:{winner}", scopes[winner])

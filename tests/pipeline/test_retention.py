@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import func, insert, select, text
 
 from dispatcher import config, db
@@ -257,3 +258,24 @@ def test_the_beat_task_runs_once_per_interval(stack: Stack) -> None:
         tasks.reset_pipeline()
     assert first["messages"] == 3 and second == {}
     assert present(old) == set()
+
+
+@pytest.mark.parametrize("mode", ["delete", "mask"])
+def test_a_message_whose_callback_waits_is_kept_until_it_is_told(any_stack: Stack, mode: str) -> None:
+    """A purge by hand up to today, or an old message retried: its app has not heard
+    the outcome yet, and a callback is never lost to retention."""
+    from sqlalchemy import update
+
+    settings = any_stack.configure()
+    told, waiting = store("delivered", 2), store("failed", 1)
+    with db.session_scope() as s:
+        s.execute(update(CALLBACKS).where(CALLBACKS.c.message_id.in_(waiting)).values(state="pending"))
+    counts = purge(settings, before=CUTOFF, mode=mode)
+    assert counts["kept_in_flight"] == 1
+    assert counts["messages" if mode == "delete" else "masked"] == 2
+    assert present(told + waiting) == (set(waiting) if mode == "delete" else set(told + waiting))
+    assert children(waiting)["callbacks"] == 1
+    with db.session_scope() as s:
+        s.execute(update(CALLBACKS).where(CALLBACKS.c.message_id.in_(waiting)).values(state="delivered"))
+    again = purge(settings, before=CUTOFF, mode=mode)
+    assert again["kept_in_flight"] == 0 and again["messages" if mode == "delete" else "masked"] == 1

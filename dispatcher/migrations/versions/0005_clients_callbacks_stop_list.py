@@ -25,6 +25,10 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("callback_url", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("callback_task", sa.String(length=200), nullable=True))
         batch_op.add_column(_ts("masked_at"))
+        # Room for a client's prefix ("client:NAME:") before a key of 200.
+        batch_op.alter_column("key", existing_type=sa.String(length=200), type_=sa.String(length=300))
+    with op.batch_alter_table("bulk_requests", schema=None) as batch_op:
+        batch_op.alter_column("key", existing_type=sa.String(length=200), type_=sa.String(length=300))
     # Outside the batch: on PostgreSQL a big ledger gets each index in its own statement.
     op.create_index("ix_messages_to_created", "messages", ["to", "created_at", "id"])
     op.create_index("ix_messages_pmid", "messages", ["provider_message_id"])
@@ -62,7 +66,7 @@ def upgrade() -> None:
         sa.Column("url", sa.Text(), nullable=True),
         sa.Column("task", sa.String(length=200), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("key", sa.String(length=200), nullable=True),
+        sa.Column("key", sa.String(length=300), nullable=True),
         sa.Column("to", sa.String(length=15), nullable=False),
         sa.Column("provider", sa.String(length=40), nullable=True),
         sa.Column("provider_message_id", sa.String(length=100), nullable=True),
@@ -103,7 +107,10 @@ def downgrade() -> None:
     op.drop_index("ix_messages_client_created", table_name="messages")
     op.drop_index("ix_messages_pmid", table_name="messages")
     op.drop_index("ix_messages_to_created", table_name="messages")
+    with op.batch_alter_table("bulk_requests", schema=None) as batch_op:
+        batch_op.alter_column("key", existing_type=sa.String(length=300), type_=sa.String(length=200))
     with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.alter_column("key", existing_type=sa.String(length=300), type_=sa.String(length=200))
         batch_op.drop_column("masked_at")
         batch_op.drop_column("callback_task")
         batch_op.drop_column("callback_url")
