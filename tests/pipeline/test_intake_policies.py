@@ -161,7 +161,8 @@ def test_a_clients_window_overrides_the_default(any_stack: Stack) -> None:
 def test_a_message_held_for_quiet_hours_is_sent_when_they_end(stack: Stack, sim: Simulator) -> None:
     """A window that opens a few seconds from now: the message waits, then goes."""
     now = datetime.now(ZoneInfo("Europe/Moscow"))
-    start = (now + timedelta(minutes=1)).replace(second=0, microsecond=0)
+    # At least 5 s ahead: a message stored just after the opening would not wait at all.
+    start = (now + timedelta(seconds=65)).replace(second=0, microsecond=0)
     window = f"{start:%H:%M}-{start + timedelta(hours=1):%H:%M}"
     stack.configure(providers=["smstele"], sections={"policy": {"send_window": window}})
     stack.start_worker(beat=True)
