@@ -8,7 +8,7 @@ of the walk in progress (an offset would show the page's last row again).
 
 Each filter is written so that one index serves both the filter and the order, and
 the database reads about ``limit`` index entries per page however big the ledger:
-``to`` -> ``ix_messages_to_created``, ``provider_message_id`` -> ``ix_messages_pmid``,
+``to`` -> ``ix_messages_to_created``, ``provider_message_id`` -> ``ix_messages_pmid`` (its first column),
 ``client`` -> ``ix_messages_client_created``, nothing -> ``ix_messages_created``.
 """
 
