@@ -34,6 +34,7 @@ SETTLED = {s.value for s in FINAL} | {Status.UNKNOWN.value}
 TRACKED = {Status.ACCEPTED.value, Status.SENT.value}
 OUTAGE_KIND = "sms1000"
 OUTAGE_SECONDS = 6.0
+STILL = 5.0  # seconds without a status change that end the wait once nothing is lost
 
 CODES = [
     "Ваш код подтверждения: {n:04d}",
@@ -337,6 +338,7 @@ def run(
             if progress:
                 sys.stderr.write("\n")
             statuses: dict[str, str] = {}
+            still_since, last_seen = time.monotonic(), statuses
             while time.monotonic() - started < timeout:
                 if outage_ends is not None and time.monotonic() >= outage_ends:
                     sim[OUTAGE_KIND].state.faults.http500_rate = 0.0  # the provider recovers
@@ -346,6 +348,14 @@ def run(
                 if progress:
                     _bar(settled, len(ids), started, "settled")
                 if settled == len(ids) and outage_ends is None:
+                    break
+                if statuses != last_seen:
+                    still_since, last_seen = time.monotonic(), statuses
+                tracked = sum(s in SETTLED | TRACKED for s in statuses.values())
+                if tracked == len(ids) and outage_ends is None and time.monotonic() - still_since > STILL:
+                    # Every message is final or taken and followed, and nothing has moved
+                    # for a while: a provider that reports no final status (my-sms.ru's -14
+                    # is not final) would hold the demo until the timeout, for no news.
                     break
                 time.sleep(0.25)
             # The shop's receiver hears of every change; give the last ones a moment.
