@@ -233,7 +233,7 @@ def send_sms(
         "provider": provider, "callback_url": callback_url, "callback_task": callback_task, "tz": tz,
     }  # fmt: skip
     settings = get_settings()
-    [item] = _validate_many(settings, [{k: v for k, v in fields.items() if v is not None}], bulk=False)
+    [item] = _validate_many(settings, [fields], bulk=False)
     done = store([item], client=client)
     _publish_due(done.due)
     return done.ids[0]

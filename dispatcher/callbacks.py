@@ -556,6 +556,8 @@ def _write_back(settings: Settings, items: Sequence[_Item],
             # next_at keeps the time it was given up: the backlog's "failed lately".
             values.update(state=FAILED, next_at=now)
         else:
+            # Not sending.policy.backoff: importing the send path here would be a circle
+            # (ledger writes the outbox through this module).
             delay = min(cfg.backoff_base * 2**item.tries, cfg.backoff_cap) * random.uniform(0.8, 1.2)
             values["next_at"] = now + timedelta(seconds=delay)
         changes.append((item, values))

@@ -440,15 +440,10 @@ def create_app(settings: Settings) -> FastAPI:
         from dispatcher import stoplist
 
         phone = normalize_phone(to, "to", settings.phones)
+        only = caller.source if caller.client is not None else None
         with session_scope(settings.database_url) as s:
-            if caller.client is not None:
-                # Locked until the remove: the entry cannot change hands in between.
-                source = s.execute(
-                    select(STOP_LIST.c.source).where(STOP_LIST.c.phone == phone).with_for_update()
-                ).scalar()
-                if source != caller.source:  # not listed, or not this client's to remove
-                    raise HTTPException(404, f"{phone} is not on the stop list")
-            if not stoplist.remove(s, phone):
+            # Not listed, or (for a client) not its own to remove: the same 404.
+            if not stoplist.remove(s, phone, only_if_source=only):
                 raise HTTPException(404, f"{phone} is not on the stop list")
         return Response(status_code=204)
 
@@ -463,17 +458,9 @@ def create_app(settings: Settings) -> FastAPI:
 
         if after is not None and not (after.isascii() and after.isdigit()):
             raise ValidationError("after", "the E.164 digits of a number, as `next` gives them")
-        prefix = None if caller.client is None else caller.source
-        found: list[dict[str, Any]] = []
+        source = None if caller.client is None else caller.source
         with session_scope(settings.database_url) as s:
-            # By prefix the store also matches longer names (client:acme finds
-            # client:acme-eu): only exact sources count, so read on until a page is full.
-            while len(found) <= limit:
-                batch = stoplist.entries(s, source_prefix=prefix, after=after, limit=limit + 1)
-                found += [e for e in batch if prefix is None or e.get("source") == prefix]
-                if len(batch) <= limit:
-                    break
-                after = batch[-1]["phone"]
+            found = stoplist.entries(s, source=source, after=after, limit=limit + 1)
         page = found[:limit]
         following = page[-1]["phone"] if len(found) > limit else None
         return StopPage(entries=[entry_out(caller, e) for e in page], next=following)

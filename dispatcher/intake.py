@@ -30,8 +30,6 @@ from dispatcher.models import CLIENT_USAGE, MESSAGES
 from dispatcher.quiet import opens_at, parse_window, zone
 from dispatcher.validation import NewMessage
 
-STOPPED = stoplist.STOPPED
-
 
 def live_client(session: Session, name: str, field: str = "client") -> ClientInfo:
     client = get_client(session, name)
@@ -48,9 +46,9 @@ def shape(
 ) -> list[NewMessage]:  # fmt: skip
     """Each message with its client's defaults and rules applied, and moved to its
     quiet hours' next opening when it is due outside them."""
-    window = parse_window(client.send_window, "send_window") if client and client.send_window else None
-    if window is None and not (client and client.send_window):
-        window = settings.policy.window()
+    # The client's own window ("always" included) wins over the default.
+    own = client.send_window if client else None
+    window = parse_window(own, "send_window") if own else settings.policy.window()
     out = []
     for item, prefix in zip(items, prefixes, strict=True):
         changes: dict[str, object] = {}
@@ -89,19 +87,18 @@ def shape(
 def screen(
     session: Session, settings: Settings, items: Sequence[NewMessage], fresh: Sequence[int],
     prefixes: Sequence[str], client: ClientInfo | None, now: datetime,
-) -> dict[int, str]:  # fmt: skip
+) -> dict[int, tuple[str, str]]:  # fmt: skip
     """Check the new messages (indexes ``fresh``) against the stop list, the
     per-recipient rate and the client's quota. Returns the indexes to store as
-    ``rejected`` (stopped) with the reason; raises ``LimitExceeded`` when a rate or
+    ``rejected`` with their error (``stopped``) and why; raises ``LimitExceeded`` when a rate or
     the quota refuses the call (nothing is stored then)."""
     listed = stoplist.stopped(session, {items[n].to for n in fresh})
-    stopped: dict[int, str] = {}
+    stopped: dict[int, tuple[str, str]] = {}
     for n in fresh:
         scope = listed.get(items[n].to)
         if scope is not None and stoplist.blocks(scope, items[n].priority):
-            stopped[n] = f"{STOPPED}: {items[n].to} is on the stop list" + (
-                " (all messages)" if scope == "all" else ""
-            )
+            why = f"{items[n].to} is on the stop list" + (" (all messages)" if scope == "all" else "")
+            stopped[n] = (stoplist.STOPPED, f"{stoplist.STOPPED}: {why}")
     going = [n for n in fresh if n not in stopped]
     _recipient_rate(session, settings, items, going, prefixes, now)
     if client is not None and client.daily_quota is not None and going:
@@ -136,7 +133,7 @@ def _recipient_rate(
                 select(MESSAGES.c.to, func.count(), func.min(MESSAGES.c.created_at))
                 .where(
                     MESSAGES.c.to.in_(phones), MESSAGES.c.created_at > since, MESSAGES.c.priority == priority,
-                    MESSAGES.c.last_error.is_distinct_from(STOPPED),
+                    MESSAGES.c.last_error.is_distinct_from(stoplist.STOPPED),
                 )
                 .group_by(MESSAGES.c.to)
             ).all()

@@ -96,11 +96,12 @@ def new_id() -> str:
 
 def insert_messages(
     session: Session, items: Sequence[NewMessage], *, source: str = "producer",
-    rejected: Mapping[int, str] | None = None,
+    rejected: Mapping[int, tuple[str, str]] | None = None,
 ) -> list[str]:  # fmt: skip
     """Insert validated messages with their first event; returns the ids in order.
     ``rejected``: indexes of items refused before any send (the stop list), each
-    with its reason; they are stored ``rejected`` and never published."""
+    with its error (what a client looks for: ``stopped``) and the event's detail;
+    they are stored ``rejected`` and never published."""
     now = utcnow()
     rows: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
@@ -108,7 +109,7 @@ def insert_messages(
     for n, item in enumerate(items):
         mid = new_id()
         status = Status.REJECTED if n in refused else Status.SCHEDULED if item.send_at else Status.QUEUED
-        why = refused.get(n)
+        error, why = refused.get(n, (None, None))
         rows.append(
             {
                 "id": mid,
@@ -137,8 +138,7 @@ def insert_messages(
                 "client": item.client,
                 "callback_url": item.callback_url,
                 "callback_task": item.callback_task,
-                # "stopped": the error a client looks for (the reason is in the event)
-                "last_error": why.partition(":")[0] if why else None,
+                "last_error": error,
                 "final_at": now if why else None,
             }
         )

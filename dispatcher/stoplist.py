@@ -175,25 +175,35 @@ def add_many(
     return new
 
 
-def remove(session: Session, phone: str) -> bool:
-    """Take ``phone`` off the list; True when it was listed."""
+def remove(session: Session, phone: str, *, only_if_source: str | None = None) -> bool:
+    """Take ``phone`` off the list; True when it was listed (with that source, when
+    ``only_if_source`` is given: a client removes only what it added)."""
     _check(phone)
-    done = session.execute(delete(STOP_LIST).where(STOP_LIST.c.phone == phone))
+    mine = [STOP_LIST.c.source == only_if_source] if only_if_source is not None else []
+    done = session.execute(delete(STOP_LIST).where(STOP_LIST.c.phone == phone, *mine))
     return bool(done.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def entries(
-    session: Session, *, source_prefix: str | None = None, after: str | None = None, limit: int = 100
+    session: Session,
+    *,
+    source: str | None = None,
+    source_prefix: str | None = None,
+    after: str | None = None,
+    limit: int = 100,
 ) -> list[dict[str, Any]]:
     """Listed numbers in phone order, ``limit`` of them after the phone ``after``
     (keyset paging: pass the last phone of a page to get the next), only those whose
-    source starts with ``source_prefix`` when given (``provider:``, ``client:shop``).
+    source is ``source`` (``client:shop``) or starts with ``source_prefix``
+    (``provider:``) when given.
     Each is a dict of phone, scope, source, reason and created_at (aware UTC)."""
     if not 1 <= limit <= 10000:
         raise ValueError(f"limit {limit}: from 1 to 10000")
     query = select(
         STOP_LIST.c.phone, STOP_LIST.c.scope, STOP_LIST.c.source, STOP_LIST.c.reason, STOP_LIST.c.created_at
     )
+    if source is not None:
+        query = query.where(STOP_LIST.c.source == source)
     if source_prefix:
         # A literal prefix: "%" and "_" in it match themselves.
         escaped = source_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -24,14 +24,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, update
 
-from dispatcher import ledger, stoplist
+from dispatcher import ledger
 from dispatcher.config import Settings
 from dispatcher.coordination import Coordinator
 from dispatcher.db import session_scope
@@ -63,15 +63,10 @@ def uses_status_queue(provider: Provider) -> bool:
     return provider.HAS_STATUS_QUEUE and provider.status_queue is not None
 
 
-def apply_reports(provider_name: str, reports: Sequence[StatusReport], source: str, *,
-                  stop_statuses: Mapping[str, str] | None = None) -> int:  # fmt: skip
+def apply_reports(provider_name: str, reports: Sequence[StatusReport], source: str) -> int:
     """Apply provider reports to the ledger by the provider's message id (and phone,
     where one call carried several phones). Changes are grouped by (current status,
-    new status) and written with bulk statements. Returns the number of changes.
-
-    ``stop_statuses`` (the adapter's ``STOP_STATUSES``: raw status -> scope): a report
-    of one of these puts the message's recipient on the stop list, in the same
-    transaction, listed by this provider."""
+    new status) and written with bulk statements. Returns the number of changes."""
     by_pid: dict[str, list[StatusReport]] = defaultdict(list)
     for report in reports:
         if report.provider_message_id:
@@ -91,17 +86,11 @@ def apply_reports(provider_name: str, reports: Sequence[StatusReport], source: s
             ).all()
         groups: dict[tuple[Status, Status], list[dict[str, Any]]] = defaultdict(list)
         odd: list[tuple[str, str]] = []
-        stops: dict[str, list[tuple[str, str, str | None]]] = defaultdict(list)
         for mid, pid, phone, current_raw in rows:
             current = Status(current_raw)
             for report in by_pid[pid]:
                 if report.phone and report.phone != phone:
                     continue
-                scope = (stop_statuses or {}).get(report.raw_status.strip())
-                if scope is not None:
-                    # A fact about the recipient, whatever the message's status now.
-                    why = f"{report.raw_status}: {report.detail}" if report.detail else report.raw_status
-                    stops[scope].append((phone, f"provider:{provider_name}", why))
                 if report.status == Status.UNKNOWN:
                     # kept visible, nothing changes: a word we do not know, or one the
                     # document leaves open (the adapter says which in `detail`)
@@ -123,10 +112,6 @@ def apply_reports(provider_name: str, reports: Sequence[StatusReport], source: s
             ledger.update_fields(
                 s, mid, last_error=redact(f"status from {provider_name} we do not read as a change: {raw}")
             )
-        for scope, entries in stops.items():
-            listed = stoplist.add_many(s, entries, scope=scope)
-            log.warning("stop list (%s): %d recipient(s) %s reported blacklisted or opted out, %d newly"
-                        " listed", scope, len(entries), provider_name, listed)  # fmt: skip
     return changed
 
 
@@ -255,7 +240,7 @@ def poll_due(settings: Settings, coordinator: Coordinator, provider: Provider) -
         # A round that ended well: the next pause starts short again.
         coordinator.set_value(f"poll_pauses:{name}", "0")
     stats.polled = len(polled)
-    stats.changed = apply_reports(name, reports, "poll", stop_statuses=provider.STOP_STATUSES)
+    stats.changed = apply_reports(name, reports, "poll")
     schedule_next(settings, polled)
     schedule_next(settings, [row for row, _ in failed], errors={row[0]: err for row, err in failed})
     stats.seconds = time.monotonic() - started
@@ -313,8 +298,7 @@ def drain_status_queue(settings: Settings, provider: Provider) -> PollStats:
             break
         stats.calls += 1
         stats.polled += len(reports)
-        stats.changed += apply_reports(provider.name, reports, "status_queue",
-                                       stop_statuses=provider.STOP_STATUSES)  # fmt: skip
+        stats.changed += apply_reports(provider.name, reports, "status_queue")
         if len(reports) < provider.MAX_QUEUE_DRAIN:
             break
     stats.seconds = time.monotonic() - started

@@ -269,11 +269,6 @@ class Provider:
     TOO_MANY_CODE: ClassVar[str | None] = None
     STATUS_MAP: ClassVar[dict[str, Status]] = {}
     ERRORS: ClassVar[dict[str, ErrorRule]] = {}
-    # Raw delivery statuses (STATUS_MAP keys) that say the recipient is blacklisted or
-    # opted out, and the stop-list scope each lists the number with: tracking lists it
-    # when a poll or the status queue reports one. None of the five documents has such
-    # a status today; a code at send time is an ErrorRule's ``stop``.
-    STOP_STATUSES: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: ProviderConfig, session: requests.Session | None = None) -> None:
         self.config = config

@@ -70,7 +70,6 @@ def render(kinds: tuple[str, ...] | None = None) -> str:
                 f"| {rule.doc} |"
             )
         stops = [f"`{c}` (scope {rule.stop}, {rule.doc})" for c, rule in cls.ERRORS.items() if rule.stop]
-        stops += [f"status `{raw}` (scope {scope})" for raw, scope in cls.STOP_STATUSES.items()]
         none = "no code or status of the document says a recipient is blacklisted or opted out."
         lines += ["", "Stop list: " + ("; ".join(stops) + "." if stops else none)]
         lines += ["", "### Delivery statuses", "", "| provider value | our status |", "|---|---|"]

@@ -6,32 +6,27 @@ Of the five documents only 1000sms.ru has such codes: 618 "Номер Абоне
 списке" (1000sms.md:79, scope normal) and 622 "Номер Абонента в глобальном Черном
 списке" (1000sms.md:87, scope all). The simulator answers them for numbers starting
 ``BLACKLISTED_PREFIX`` and ``GLOBAL_BLACKLISTED_PREFIX``, and for any number with the
-``error_code`` fault. No document has a delivery status of the kind; tracking's hook
-for one (``Provider.STOP_STATUSES``) is shown with a table entry of the test's own.
+``error_code`` fault. No document has a delivery status of the kind, so tracking lists
+nothing (a status would need an entry in the adapter then).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
 from dispatcher import api, config, db, stoplist
 from dispatcher.coordination import MemoryCoordinator
-from dispatcher.providers.prostor import Prostor
-from dispatcher.providers.sms1000 import Sms1000
 from dispatcher.sending import SendPipeline
 from dispatcher.simulator.core import (
     BLACKLISTED_PREFIX,
     GLOBAL_BLACKLISTED_PREFIX,
     INVALID_PREFIX,
-    UNDELIVERED_SUFFIX,
     Simulator,
 )
-from dispatcher.tracking import drain_status_queue, poll_due
 from tests.conftest import KINDS, sim_table
 from tests.support import PG_URL, reset_postgres
 
@@ -162,40 +157,3 @@ def test_kinds_without_such_a_code_list_nothing(configure: Configure, kind: str)
     invalid = api.send_sms(INVALID_PREFIX + "12345", "promo")
     assert pipeline.process(invalid) in ("rejected", "waiting", "exhausted", "retry")
     assert listed() == {}
-
-
-class _ReportsOptOut1000(Sms1000):
-    # Not in 1000sms.md: the test's own entry, so that tracking's hook is exercised.
-    STOP_STATUSES: ClassVar[dict[str, str]] = {"2": "normal"}  # "Не доставлено"
-
-
-class _ReportsOptOutProstor(Prostor):
-    STOP_STATUSES: ClassVar[dict[str, str]] = {"delivery error": "all"}  # not in prostor.md either
-
-
-@pytest.mark.parametrize("kind", ["sms1000", "prostor"])
-def test_tracking_lists_a_number_a_status_says_is_stopped(configure: Configure, kind: str) -> None:
-    """A final status reported later (a poll, prostor's status queue) whose raw value
-    is in the adapter's STOP_STATUSES lists the recipient; the message ends as the
-    status says, as before."""
-    settings, pipeline = configure({kind: kind}, polling={"interval": 0.3, "intervals": [0.1, 0.1, 0.1]})
-    phone = "7916123" + UNDELIVERED_SUFFIX
-    mid = api.send_sms(phone, "promo")
-    assert pipeline.process(mid) == "accepted"
-    cls = _ReportsOptOut1000 if kind == "sms1000" else _ReportsOptOutProstor
-    provider = cls(settings.provider(kind))
-    try:
-        deadline = time.monotonic() + 10
-        while message(mid)["status"] != "undelivered" and time.monotonic() < deadline:
-            time.sleep(0.25)
-            if kind == "prostor":
-                drain_status_queue(settings, provider)
-            else:
-                poll_due(settings, MemoryCoordinator(), provider)
-    finally:
-        provider.close()
-    assert message(mid)["status"] == "undelivered"
-    entry = listed()[phone]
-    assert entry["source"] == f"provider:{kind}"
-    assert entry["scope"] == ("normal" if kind == "sms1000" else "all")
-    assert entry["reason"].startswith("2: Не доставлено" if kind == "sms1000" else "delivery error")
