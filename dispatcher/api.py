@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from dispatcher import intake, ledger
+from dispatcher import intake, ledger, metrics
 from dispatcher.config import Settings, get_settings
 from dispatcher.db import session_scope
 from dispatcher.errors import ValidationError
@@ -181,6 +181,8 @@ def _store_once(
         done = [i for i in ids if i is not None]
         if bulk_key is not None:
             ledger.add_bulk_request(s, bulk_key, whole, done)
+    # Committed: stored, but refused (rejected) at the door.
+    metrics.count_refusal("task" if source == "task" else "api", "stopped", len(stopped))
     due = [(done[n], items[n].priority, items[n].provider) for n in fresh
            if items[n].send_at is None and n not in stopped]  # fmt: skip
     return Stored(done, sorted(fresh), due)
@@ -233,8 +235,9 @@ def send_sms(
         "provider": provider, "callback_url": callback_url, "callback_task": callback_task, "tz": tz,
     }  # fmt: skip
     settings = get_settings()
-    [item] = _validate_many(settings, [fields], bulk=False)
-    done = store([item], client=client)
+    with metrics.refusals("api"):
+        [item] = _validate_many(settings, [fields], bulk=False)
+        done = store([item], client=client)
     _publish_due(done.due)
     return done.ids[0]
 
@@ -249,7 +252,8 @@ def send_bulk(
     without its own key gets ``KEY:N``; the same call again answers the same ids and
     sends nothing new, and the key with any other payload (a superset included) is
     an ``IdempotencyConflict``."""
-    items = _validate_many(get_settings(), keyed(messages, key), bulk=True)
+    with metrics.refusals("api"):  # send_validated counts its own
+        items = _validate_many(get_settings(), keyed(messages, key), bulk=True)
     return send_validated(items, key=key, client=client)
 
 
@@ -275,7 +279,8 @@ def send_validated(
     """``send_bulk`` for messages already through ``validate`` (with ``keyed``'s
     keys): the CLI checks a file line by line to name the line, and must not pay for
     a second check of 10,000 numbers."""
-    done = store(items, bulk=True, bulk_key=key, client=client)
+    with metrics.refusals("api"):
+        done = store(items, bulk=True, bulk_key=key, client=client)
     _publish_due(done.due)
     return done.ids
 

@@ -71,7 +71,7 @@ from sqlmodel import Session
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from dispatcher import db
+from dispatcher import db, metrics
 from dispatcher.config import Settings
 from dispatcher.errors import ValidationError
 from dispatcher.keys import public_key
@@ -570,6 +570,8 @@ def _write_back(settings: Settings, items: Sequence[_Item],
                     where, n, given_up, error)  # fmt: skip
 
     def write() -> None:
+        # Counted afresh by each try: a write retried after an outage counts once.
+        counts["retry"] = counts["failed"] = 0
         with db.session_scope(settings.database_url) as session:
             if delivered:
                 # Delivered is delivered, even if our lease ran out and another run
@@ -587,6 +589,9 @@ def _write_back(settings: Settings, items: Sequence[_Item],
 
     db.write_through_outage(write)
     counts["delivered"] = len(delivered)
+    for outcome, n in counts.items():
+        if n:
+            metrics.CALLBACK_DELIVERIES.labels(outcome).inc(n)
     return counts
 
 
@@ -613,13 +618,29 @@ def _age(now: datetime, at: datetime | None) -> float | None:
     return max(0.0, (now - at).total_seconds())
 
 
-def _totals(session: Session, settings: Settings, now: datetime) -> dict[str, Any]:
+def outbox_totals(session: Session, now: datetime) -> dict[str, Any]:
+    """The outbox's pending and failed counts, the pending ones whose last try failed,
+    and the oldest pending one's age: by the state index, cheap enough for each
+    scrape of ``/metrics``."""
     c = CALLBACKS
     by_state = dict(
         session.execute(
             select(c.c.state, func.count()).where(c.c.state.in_([PENDING, FAILED])).group_by(c.c.state)
         ).all()
     )
+    failing, oldest = session.execute(
+        select(func.count(case((c.c.tries > 0, 1))), func.min(c.c.created_at)).where(c.c.state == PENDING)
+    ).one()
+    return {
+        "pending": int(by_state.get(PENDING, 0)),
+        "failed": int(by_state.get(FAILED, 0)),
+        "failing": int(failing or 0),
+        "oldest_pending_age_s": _age(now, oldest),
+    }
+
+
+def _totals(session: Session, settings: Settings, now: datetime) -> dict[str, Any]:
+    c = CALLBACKS
     day = now - timedelta(hours=24)
     # Bounded by created_at (its index): a callback delivered in the last day was
     # created at most max_age before that. Older delivered rows are never counted.
@@ -630,16 +651,7 @@ def _totals(session: Session, settings: Settings, now: datetime) -> dict[str, An
             c.c.delivered_at >= day,
         )
     ).scalar_one()
-    failing, oldest = session.execute(
-        select(func.count(case((c.c.tries > 0, 1))), func.min(c.c.created_at)).where(c.c.state == PENDING)
-    ).one()
-    return {
-        "pending": int(by_state.get(PENDING, 0)),
-        "failed": int(by_state.get(FAILED, 0)),
-        "failing": int(failing or 0),
-        "delivered_24h": int(delivered or 0),
-        "oldest_pending_age_s": _age(now, oldest),
-    }
+    return {**outbox_totals(session, now), "delivered_24h": int(delivered or 0)}
 
 
 def backlog(settings: Settings) -> dict[str, Any]:
@@ -704,27 +716,7 @@ def backlog(settings: Settings) -> dict[str, Any]:
     return out
 
 
-def metrics_samples(settings: Settings) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
-    """The outbox for ``/metrics``: (name, type, help, samples) per metric."""
-    with db.session_scope(settings.database_url) as session:
-        t = _totals(session, settings, utcnow())
-    oldest = t["oldest_pending_age_s"]
-    return [
-        ("smsdispatch_callbacks_pending", "gauge", "Status callbacks waiting to be delivered.",
-         [({}, float(t["pending"]))]),
-        ("smsdispatch_callbacks_failing", "gauge",
-         "Pending status callbacks whose last delivery try failed.", [({}, float(t["failing"]))]),
-        ("smsdispatch_callbacks_failed", "gauge",
-         "Status callbacks given up (not delivered within callbacks.max_age, or 410 Gone).",
-         [({}, float(t["failed"]))]),
-        ("smsdispatch_callbacks_delivered_24h", "gauge", "Status callbacks delivered in the last 24 hours.",
-         [({}, float(t["delivered_24h"]))]),
-        ("smsdispatch_callbacks_oldest_pending_seconds", "gauge",
-         "Age of the oldest pending status callback (0 when none).", [({}, float(oldest or 0.0))]),
-    ]  # fmt: skip
-
-
 __all__ = [
     "address_problem", "backlog", "check_task_name", "check_url", "deliver_due", "lease_seconds",
-    "metrics_samples", "record", "sign", "verify",
+    "outbox_totals", "record", "sign", "verify",
 ]  # fmt: skip

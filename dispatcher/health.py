@@ -8,12 +8,12 @@ no message that has been due for long without being picked up.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlmodel import Session
 
 from dispatcher.config import Settings
 from dispatcher.coordination import RedisCoordinator, coordinator_for
@@ -39,27 +39,8 @@ def beat(name: str, settings: Settings) -> None:
     coordinator_for(settings.broker_url).set_value(f"heartbeat:{name}", repr(now))
 
 
-# Where producers hand us messages; only by-name tasks are refused out of sight of the
-# producer (the others answer it with the error), so only they are counted: "task" a
-# refusal of the input, "task_failed" a message given up after repeated failures
-# that were not an outage (logged with its arguments).
-INTAKE_DOORS = ("task", "task_failed")
-
-
-def count_refusal(settings: Settings, door: str) -> None:
-    """Count one message refused at ``door`` (for /metrics). Never raises: the count
-    is for the operator, and the refusal is logged either way."""
-    with contextlib.suppress(Exception):  # Redis down: the log line stays
-        coordinator_for(settings.broker_url).add(f"refused:{door}")
-
-
-def intake_refusals(settings: Settings) -> dict[str, int]:
-    """Messages refused per intake door since the coordinator's store began."""
-    coordinator = coordinator_for(settings.broker_url)
-    return {door: int(coordinator.get_value(f"refused:{door}") or 0) for door in INTAKE_DOORS}
-
-
-def _age(settings: Settings, name: str) -> float | None:
+def heartbeat_age(settings: Settings, name: str) -> float | None:
+    """Seconds since a task of kind ``name`` last ran (None: never)."""
     value = coordinator_for(settings.broker_url).get_value(f"heartbeat:{name}")
     return None if value is None else time.time() - float(value)
 
@@ -71,25 +52,34 @@ def queue_depths(settings: Settings) -> dict[str, int]:
     return {q: int(coordinator.client.llen(q)) for q in (*SEND_QUEUES, "sms.poll", "sms.control")}
 
 
-def stuck_messages(settings: Settings) -> int:
+def stuck_messages(settings: Settings, session: Session | None = None) -> int:
+    """Messages due for over ``STUCK_AFTER`` and still queued (in ``session`` if given)."""
     cutoff = utcnow() - timedelta(seconds=STUCK_AFTER)
+    query = (
+        select(func.count())
+        .select_from(MESSAGES)
+        .where(MESSAGES.c.status == Status.QUEUED.value, MESSAGES.c.due_at < cutoff)
+    )
+    if session is not None:
+        return int(session.execute(query).scalar_one())
     with session_scope() as s:
-        return int(
-            s.execute(
-                select(func.count())
-                .select_from(MESSAGES)
-                .where(MESSAGES.c.status == Status.QUEUED.value, MESSAGES.c.due_at < cutoff)
-            ).scalar_one()
-        )
+        return int(s.execute(query).scalar_one())
 
 
 def worker_health(settings: Settings) -> dict[str, Any]:
     if settings.broker_url == "memory://":
         return {"ok": True, "detail": "embedded worker pool (in process)"}
-    sweep_age = _age(settings, "sweep")
-    send_age = _age(settings, "send")
-    depths = queue_depths(settings)
-    stuck = stuck_messages(settings)
+    return judge(
+        settings, sweep_age=heartbeat_age(settings, "sweep"), send_age=heartbeat_age(settings, "send"),
+        depths=queue_depths(settings), stuck=stuck_messages(settings),
+    )  # fmt: skip
+
+
+def judge(settings: Settings, *, sweep_age: float | None, send_age: float | None, depths: dict[str, int],
+          stuck: int) -> dict[str, Any]:  # fmt: skip
+    """Whether workers consume, from facts read already (``/metrics`` reads each once)."""
+    if settings.broker_url == "memory://":
+        return {"ok": True, "detail": "embedded worker pool (in process)"}
     limit = max(3 * settings.pipeline.sweeper_interval, 30.0)
     problems = []
     if sweep_age is None or sweep_age > limit:

@@ -9,7 +9,7 @@
     GET    /v1/stop-list         ?after=&limit= -> {"entries": [...], "next": ...}
     GET    /v1/providers         breaker, rate limit, balance, last error per provider (operator only)
     GET    /healthz              database, broker, and workers that actually consume
-    GET    /metrics              Prometheus text format
+    GET    /metrics              Prometheus text format (dispatcher/metrics.py)
 
 Everything under /v1 needs ``Authorization: Bearer <key>``: ``[api] token`` is the
 operator's key, which sees everything; a client's key (``smsdispatch clients add``)
@@ -42,10 +42,9 @@ never a traceback to the client.
 import hmac
 import logging
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
@@ -53,8 +52,9 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -63,7 +63,8 @@ from dispatcher.clients import ClientInfo, authenticate
 from dispatcher.config import Settings
 from dispatcher.db import session_scope
 from dispatcher.errors import ConfigError, LimitExceeded, ValidationError
-from dispatcher.models import ATTEMPTS, MESSAGES, STOP_LIST, utcnow
+from dispatcher.metrics import api_registry, exposition
+from dispatcher.models import STOP_LIST
 from dispatcher.search import MAX_LIMIT, search
 from dispatcher.validation import MAX_TTL, normalize_phone, text_problem
 
@@ -491,10 +492,12 @@ def create_app(settings: Settings) -> FastAPI:
         ok = all(c["ok"] for c in checks.values())
         return JSONResponse({"ok": ok, "checks": jsonable_encoder(checks)}, status_code=200 if ok else 503)
 
+    registry = api_registry(settings)
+
     @app.get("/metrics", response_class=PlainTextResponse)
-    def metrics() -> str:
-        """Prometheus text exposition."""
-        return render_metrics(settings)
+    def metrics() -> PlainTextResponse:
+        """Prometheus text exposition (dispatcher/metrics.py, docs/metrics.md)."""
+        return PlainTextResponse(exposition(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -504,114 +507,3 @@ def _client_of(source: Any) -> str | None:
     if isinstance(source, str) and source.startswith("client:"):
         return source.removeprefix("client:")
     return None
-
-
-def _labels(**labels: Any) -> str:
-    inner = ",".join(f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-                     for k, v in labels.items())  # fmt: skip
-    return "{" + inner + "}" if inner else ""
-
-
-def render_metrics(settings: Settings) -> str:
-    from dispatcher.coordination import coordinator_for
-    from dispatcher.db import session_scope
-    from dispatcher.health import intake_refusals, queue_depths, stuck_messages, worker_health
-
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_text: str, samples: Sequence[tuple[dict[str, Any], float]]) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{name}{_labels(**labels)} {value:g}" for labels, value in samples)
-
-    with session_scope() as s:
-        by_status = s.execute(
-            select(MESSAGES.c.status, MESSAGES.c.provider, func.count()).group_by(
-                MESSAGES.c.status, MESSAGES.c.provider
-            )
-        ).all()
-        recent = s.execute(
-            select(ATTEMPTS.c.provider, ATTEMPTS.c.duration_ms)
-            .where(
-                ATTEMPTS.c.started_at >= utcnow() - timedelta(minutes=5), ATTEMPTS.c.duration_ms.is_not(None)
-            )
-            .limit(20000)
-        ).all()
-    metric("smsdispatch_messages", "gauge", "Messages in the ledger by status and provider.",
-           [({"status": st, "provider": pr or ""}, n) for st, pr, n in by_status])  # fmt: skip
-    durations: dict[str, list[float]] = {}
-    for provider, ms in recent:
-        durations.setdefault(provider, []).append(ms / 1000.0)
-    samples: list[tuple[dict[str, Any], float]] = []
-    for provider, values in sorted(durations.items()):
-        qs = statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else values * 99
-        samples += [
-            ({"provider": provider, "quantile": "0.5"}, qs[49]),
-            ({"provider": provider, "quantile": "0.95"}, qs[94]),
-        ]
-    metric(
-        "smsdispatch_send_duration_seconds",
-        "gauge",
-        "Provider call latency over the last 5 minutes.",
-        samples,
-    )
-    metric("smsdispatch_send_calls_5m", "gauge", "Provider calls in the last 5 minutes.",
-           [({"provider": p}, len(v)) for p, v in sorted(durations.items())])  # fmt: skip
-    coordinator = coordinator_for(settings.broker_url)
-    circuit, balance, low = [], [], []
-    for pc in settings.providers:
-        state = coordinator.breaker_state(pc.name).state
-        circuit.append(({"provider": pc.name}, {"closed": 0, "half-open": 1, "open": 2}[state]))
-        value = coordinator.get_value(f"balance:{pc.name}")
-        if value not in (None, "None"):
-            amount = float(value)
-            balance.append(({"provider": pc.name}, amount))
-            threshold = pc.balance_threshold
-            low.append(({"provider": pc.name}, 1.0 if threshold is not None and amount < threshold else 0.0))
-    metric("smsdispatch_circuit_state", "gauge", "Circuit breaker: 0 closed, 1 half-open, 2 open.", circuit)
-    metric("smsdispatch_provider_balance", "gauge", "Last balance read from the provider.", balance)
-    metric("smsdispatch_provider_balance_low", "gauge", "1 when the balance is under its threshold.", low)
-    try:
-        depths = queue_depths(settings)
-        health = worker_health(settings)
-    except Exception:
-        depths, health = {}, {}
-    metric("smsdispatch_queue_depth", "gauge", "Tasks waiting on the broker.",
-           [({"queue": q}, n) for q, n in depths.items()])  # fmt: skip
-    metric("smsdispatch_stuck_messages", "gauge", "Messages due for over 5 minutes and not picked up.",
-           [({}, float(health.get("stuck", stuck_messages(settings))))])  # fmt: skip
-    for name, key in (("smsdispatch_last_sweep_age_seconds", "last_sweep_s"),
-                      ("smsdispatch_last_send_age_seconds", "last_send_s")):  # fmt: skip
-        age = health.get(key)
-        metric(
-            name,
-            "gauge",
-            "Seconds since a worker last ran this task.",
-            [({}, age)] if age is not None else [],
-        )
-    metric(
-        "smsdispatch_workers_healthy",
-        "gauge",
-        "1 when workers consume.",
-        [({}, 1.0 if health.get("ok") else 0.0)],
-    )
-    try:
-        refused = intake_refusals(settings)
-    except Exception:  # Redis down: the other metrics still answer, this one is absent
-        refused = {}
-    metric(
-        "smsdispatch_intake_refused_total",
-        "counter",
-        "Messages refused at an intake door no producer waits on (by-name tasks), with the field logged.",
-        [({"door": door}, n) for door, n in refused.items()],
-    )
-    try:
-        from dispatcher.callbacks import metrics_samples
-
-        outbox = metrics_samples(settings)
-    except Exception:  # the outbox unreadable: the other metrics still answer, these are absent
-        log.debug("callback metrics unavailable", exc_info=True)
-        outbox = []
-    for name, kind, help_text, samples in outbox:
-        metric(name, kind, help_text, samples)
-    return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlmodel import Session, col
 from sqlmodel import select as orm_select
 
-from dispatcher import callbacks
+from dispatcher import callbacks, metrics
 from dispatcher.decisions import Action, Decision
 from dispatcher.models import (
     ATTEMPTS,
@@ -153,6 +153,7 @@ def insert_messages(
         told = [r["id"] for r in rows if r["status"] == Status.REJECTED.value]
         if told:  # a refusal at intake is the one first status an app must hear of
             callbacks.record(session, told, now)
+            metrics.count_ends(session, [(None, Status.REJECTED)] * len(told))
     return [r["id"] for r in rows]
 
 
@@ -193,12 +194,12 @@ def transition(
     move was not made (a final status, a backwards move, or another worker won)."""
     allowed = set(expect) if expect is not None else None
     for _ in range(5):
-        current_raw = session.execute(
-            select(MESSAGES.c.status).where(MESSAGES.c.id == message_id)
-        ).scalar_one_or_none()
-        if current_raw is None:
+        row = session.execute(
+            select(MESSAGES.c.status, MESSAGES.c.provider).where(MESSAGES.c.id == message_id)
+        ).first()
+        if row is None:
             return None
-        current = Status(current_raw)
+        current = Status(row.status)
         if not can_transition(current, new, by_operator=by_operator) or (
             allowed is not None and current not in allowed
         ):
@@ -229,6 +230,7 @@ def transition(
             )
             if _calls_back(current, new):
                 callbacks.record(session, [message_id], now)
+            metrics.count_ends(session, [(values.get("provider") or row.provider or provider, new)])
             return current
         # Another worker changed it between our read and our write: look again.
     return None
@@ -331,6 +333,10 @@ def transition_many(
         told = moved if notify is None else [m for m in moved if m in notify]
         if told and _calls_back(expect, new):
             callbacks.record(session, told, now)
+        if new in metrics.ENDS:
+            # The provider a change names, else the one all of them share.
+            shared = (also or {}).get("provider") or provider
+            metrics.count_ends(session, [(by_id[mid].get("provider") or shared, new) for mid in moved])
     return moved
 
 
@@ -559,6 +565,9 @@ def apply(session: Session, decisions: Sequence[Decision], now: datetime, *, fir
     ``queued`` (their tasks are to be published). ``notify``: as for
     ``transition_many``."""
     _finish_attempts(session, [d for d in decisions if d.attempt_id is not None and d.attempt_outcome], now)
+    for action, counter in ((Action.RETRY, metrics.RETRIES), (Action.FAIL_OVER, metrics.FAILOVERS)):
+        tally = Counter((d.provider or metrics.NO_PROVIDER,) for d in decisions if d.action == action)
+        metrics.count_on_commit(session, counter, tally.items())
     moves: dict[tuple[Status, str], list[dict[str, Any]]] = defaultdict(list)
     stays: list[dict[str, Any]] = []
     for d in decisions:

@@ -7,7 +7,9 @@
 
 The app, queues, routes and publishing live in ``dispatcher.broker`` (producers use
 them without importing the workers); this module adds what a worker process needs:
-log redaction, pool-sized database connections, state reset after a fork.
+log redaction, pool-sized database connections, state reset after a fork, and its
+metrics (``dispatcher.metrics``: ``PROMETHEUS_MULTIPROC_DIR`` shared with the API,
+or ``SMSDISPATCH_METRICS_PORT`` served by the worker itself).
 """
 
 from __future__ import annotations
@@ -15,13 +17,28 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from typing import Any
 
-from celery import signals
+# A worker serving its own port without a shared directory counts in a private one,
+# so that a prefork pool's children count where the main process reads them. Celery's
+# command line has imported prometheus_client already (Flower's plugin), which picks
+# its value store once: picked again here, before dispatcher.metrics makes a metric.
+_PRIVATE_METRICS: str | None = None
+if "worker" in sys.argv[1:] and os.environ.get("SMSDISPATCH_METRICS_PORT"):
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _PRIVATE_METRICS = tempfile.mkdtemp(prefix="smsdispatch-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _PRIVATE_METRICS
+    from prometheus_client import values
 
-from dispatcher.config import get_settings as _load
-from dispatcher.errors import ConfigError
+    values.ValueClass = values.get_value_class()
+
+from celery import signals  # noqa: E402
+
+from dispatcher.config import get_settings as _load  # noqa: E402
+from dispatcher.errors import ConfigError  # noqa: E402
 
 try:
     _load()
@@ -31,7 +48,7 @@ except ConfigError as exc:
     print(f"smsdispatch: {exc}", file=sys.stderr)
     sys.exit(3)
 
-from dispatcher.broker import (  # only once the configuration is known good
+from dispatcher.broker import (  # noqa: E402 - only once the configuration is known good
     CONTROL_QUEUE,
     POLL_QUEUE,
     QUEUES,
@@ -44,7 +61,7 @@ from dispatcher.broker import (  # only once the configuration is known good
     publish_many,
     queue_depth,
 )
-from dispatcher.config import Settings, get_settings
+from dispatcher.config import Settings, get_settings  # noqa: E402
 
 __all__ = [
     "CONTROL_QUEUE", "POLL_QUEUE", "QUEUES", "SEND_MANY_TASK", "SEND_TASK", "app", "beat_schedule",
@@ -77,6 +94,28 @@ def _size_pools(options: dict[str, Any] | None = None, **_: Any) -> None:
     transport = dict(app.conf.broker_transport_options or {})
     transport["max_connections"] = max(int(transport.get("max_connections", 0)), 2 * concurrency + 10)
     app.conf.broker_transport_options = transport
+
+
+@signals.worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    # The main process, before the pool starts: a child forked later has no thread
+    # of this server, and its counters reach it through the multiprocess directory.
+    from dispatcher import metrics
+
+    metrics.serve_worker_port()
+
+
+@signals.worker_process_shutdown.connect
+def _child_exited(pid: int | None = None, **_: Any) -> None:
+    from dispatcher import metrics
+
+    metrics.process_exited(pid or os.getpid())
+
+
+@signals.worker_shutdown.connect
+def _drop_private_metrics(**_: Any) -> None:
+    if _PRIVATE_METRICS is not None:
+        shutil.rmtree(_PRIVATE_METRICS, ignore_errors=True)
 
 
 @signals.worker_process_init.connect

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 import requests
 from requests.adapters import HTTPAdapter
 
-from dispatcher import __version__
+from dispatcher import __version__, metrics
 from dispatcher.errors import (
     ERROR_CLASS,
     Action,
@@ -375,7 +375,7 @@ class Provider:
     def balance(self) -> Balance:
         if not self.HAS_BALANCE:
             raise NotImplementedError(f"{self.KIND} documents no balance call")
-        reply = self.call(self.build_balance(), sending=False)
+        reply = self.call(self.build_balance(), sending=False, kind="balance")
         return self.parse_balance(reply)
 
     def status_by_client_id(self, ref: MessageRef) -> list[StatusReport]:
@@ -510,55 +510,69 @@ class Provider:
     def url(self, path: str) -> str:
         return self.config.base_url + path
 
-    def call(self, request: WireRequest, *, sending: bool) -> WireReply:
+    def call(self, request: WireRequest, *, sending: bool, kind: str | None = None) -> WireReply:
         """Make one HTTP call; raise a classified ``ProviderError`` on transport or
-        HTTP-level failure. Provider-level codes in the body are the adapter's."""
+        HTTP-level failure. Provider-level codes in the body are the adapter's.
+
+        Every call to a provider passes here, so here it is counted and timed
+        (``dispatcher.metrics``): ``kind`` is send, status or balance, by default
+        send for a sending call and status for any other."""
         url = self.url(request.path)
         started = time.monotonic()
+        outcome = "error"
         try:
-            response = self.session.request(
-                request.method,
-                url,
-                params=request.params,
-                data=request.data,
-                json=request.json,
-                headers=request.headers,
-                timeout=(self.config.connect_timeout, self.config.timeout),
+            try:
+                response = self.session.request(
+                    request.method,
+                    url,
+                    params=request.params,
+                    data=request.data,
+                    json=request.json,
+                    headers=request.headers,
+                    timeout=(self.config.connect_timeout, self.config.timeout),
+                )
+            except requests.exceptions.ConnectTimeout:
+                outcome = "timeout"
+                raise self._transport_error("connect timeout", ambiguous=False) from None
+            except requests.exceptions.ReadTimeout:
+                # The request went out: a send may have been acted upon.
+                outcome = "timeout"
+                raise self._transport_error(
+                    f"no reply within {self.config.timeout:g}s", ambiguous=sending
+                ) from None
+            except requests.exceptions.ConnectionError as exc:
+                # Refused or reset before a reply. A reset after the body went out is
+                # possible too, so a send stays ambiguous unless the connect itself failed.
+                outcome = "connection"
+                refused = "refused" in str(exc).lower() or "NewConnectionError" in repr(exc)
+                raise self._transport_error(
+                    f"connection failed: {_short(exc)}", ambiguous=sending and not refused
+                ) from None
+            except requests.exceptions.RequestException as exc:
+                raise self._transport_error(f"request failed: {_short(exc)}", ambiguous=sending) from None
+            elapsed = time.monotonic() - started
+            body = _decode(response)
+            reply = WireReply(
+                http_status=response.status_code,
+                body=body,
+                content_type=response.headers.get("Content-Type", ""),
+                elapsed=elapsed,
             )
-        except requests.exceptions.ConnectTimeout:
-            raise self._transport_error("connect timeout", ambiguous=False) from None
-        except requests.exceptions.ReadTimeout:
-            # The request went out: a send may have been acted upon.
-            raise self._transport_error(
-                f"no reply within {self.config.timeout:g}s", ambiguous=sending
-            ) from None
-        except requests.exceptions.ConnectionError as exc:
-            # Refused or reset before a reply. A reset after the body went out is
-            # possible too, so a send stays ambiguous unless the connect itself failed.
-            refused = "refused" in str(exc).lower() or "NewConnectionError" in repr(exc)
-            raise self._transport_error(
-                f"connection failed: {_short(exc)}", ambiguous=sending and not refused
-            ) from None
-        except requests.exceptions.RequestException as exc:
-            raise self._transport_error(f"request failed: {_short(exc)}", ambiguous=sending) from None
-        elapsed = time.monotonic() - started
-        body = _decode(response)
-        reply = WireReply(
-            http_status=response.status_code,
-            body=body,
-            content_type=response.headers.get("Content-Type", ""),
-            elapsed=elapsed,
-        )
-        log.debug(
-            "%s %s %s -> %s in %.3fs",
-            self.name,
-            request.method,
-            redact(response.url),
-            reply.http_status,
-            elapsed,
-        )
-        self._check_http(reply, sending=sending)
-        return reply
+            log.debug(
+                "%s %s %s -> %s in %.3fs",
+                self.name,
+                request.method,
+                redact(response.url),
+                reply.http_status,
+                elapsed,
+            )
+            status = reply.http_status
+            outcome = "ok" if status < 400 else "http_5xx" if status >= 500 else "http_4xx"
+            self._check_http(reply, sending=sending)
+            return reply
+        finally:
+            metrics.observe_call(self.name, kind or ("send" if sending else "status"), outcome,
+                                 time.monotonic() - started)  # fmt: skip
 
     def _check_http(self, reply: WireReply, *, sending: bool) -> None:
         status = reply.http_status

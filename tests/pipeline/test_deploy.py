@@ -24,6 +24,8 @@ from tests.support import PG_URL, REDIS_URL, ROOT, Stack, reset_postgres
 from tests.support import SCHEMA_HEAD as HEAD
 from workers.app import CONTROL_QUEUE, POLL_QUEUE, QUEUES
 
+PROMETHEUS = ROOT / "ops" / "prometheus"
+GRAFANA = ROOT / "ops" / "grafana"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 OUR_SERVICES = {name: s for name, s in COMPOSE["services"].items() if "build" in s}
 
@@ -77,16 +79,37 @@ def test_dockerfile_entry_points_are_run_by_the_suite() -> None:
         check_command(json.loads(raw))
 
 
-def test_prometheus_rules_use_exported_metrics() -> None:
-    from dispatcher.http_api import render_metrics  # noqa: F401 - the exporter
-
-    rules = yaml.safe_load((ROOT / "ops" / "alerts.yml").read_text())
-    exported = set(
-        re.findall(r'"(smsdispatch_[a-z_0-9]+)', (ROOT / "dispatcher" / "http_api.py").read_text())
-    )
-    for rule in rules["groups"][0]["rules"]:
-        names = set(re.findall(r"smsdispatch_[a-z_0-9]+", rule["expr"]))
-        assert names and names <= exported, (rule["alert"], names - exported)
+def test_compose_monitoring_profile_mounts_what_exists() -> None:
+    services = COMPOSE["services"]
+    for name in ("prometheus", "grafana"):
+        spec = services[name]
+        assert spec["profiles"] == ["monitoring"], name
+        assert "healthcheck" in spec, name
+        for volume in spec["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), (name, source)
+    # Prometheus reads the mounted config, whose rule files sit beside it.
+    [mount] = services["prometheus"]["volumes"]
+    assert mount.split(":")[:2] == ["./ops/prometheus", "/etc/prometheus/smsdispatch"]
+    assert "--config.file=/etc/prometheus/smsdispatch/prometheus.yml" in services["prometheus"]["command"]
+    prometheus = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    assert prometheus["rule_files"] == ["alerts.yml"] and (PROMETHEUS / "alerts.yml").is_file()
+    assert services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    # Grafana finds its provisioning where it looks, and the dashboards where the
+    # dashboard provider says they are.
+    grafana = dict(v.split(":")[:2] for v in services["grafana"]["volumes"])
+    assert grafana["./ops/grafana/provisioning"] == "/etc/grafana/provisioning"
+    [provider] = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "smsdispatch.yml").read_text())[
+        "providers"
+    ]
+    assert grafana["./ops/grafana/dashboards"] == provider["options"]["path"]
+    [source] = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    board = json.loads((GRAFANA / "dashboards" / "smsdispatch.json").read_text())
+    assert {t["datasource"]["uid"] for p in board["panels"] for t in p.get("targets", [])} == {source["uid"]}
 
 
 def test_db_upgrade_on_postgres() -> None:

@@ -144,10 +144,10 @@ def test_healthz_tracks_consuming_workers_and_metrics(api: Api) -> None:
         time.sleep(0.5)
     assert requests.get(f"{api.url}/healthz", timeout=10).status_code == 200
     text = requests.get(f"{api.url}/metrics", timeout=10).text
-    for name in ("smsdispatch_messages{", "smsdispatch_send_duration_seconds{", "smsdispatch_circuit_state{",
-                 "smsdispatch_queue_depth{", "smsdispatch_workers_healthy 1",
-                 "# TYPE smsdispatch_intake_refused_total counter",
-                 'smsdispatch_intake_refused_total{door="task"} '):  # fmt: skip
+    # The full exporter is tests/pipeline/test_metrics.py's: here, that health agrees.
+    for name in ("smsdispatch_messages{", "smsdispatch_circuit_state{", "smsdispatch_queue_depth{",
+                 "smsdispatch_workers_healthy 1.0",
+                 "# TYPE smsdispatch_intake_refused_total counter"):  # fmt: skip
         assert name in text, name
     api.stack.stop()
 

@@ -234,16 +234,31 @@ def test_each_retry_gives_the_message_its_own_ttl_again_not_a_grown_one(stack: S
         assert 590 < left <= 600, left
 
 
-def test_by_name_refusals_are_logged_with_the_field_and_counted(stack: Stack) -> None:
+def test_by_name_refusals_are_logged_with_the_field_and_counted(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A lone surrogate in the text and dates past either end of the calendar crashed
     the intake task; they are refused like any bad input: a log line naming the field,
-    the refusal counted for /metrics, nothing stored, and the worker goes on."""
+    the refusal counted for /metrics (the worker's own port), nothing stored, and the
+    worker goes on."""
+    import socket
+
+    import requests
     from celery import Celery
+    from prometheus_client.parser import text_string_to_metric_families
 
-    from dispatcher.health import intake_refusals
-
-    settings = stack.configure(providers=["prostor"])
+    stack.configure(providers=["prostor"])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("SMSDISPATCH_METRICS_PORT", str(port))
     stack.start_worker()
+
+    def counted() -> dict[tuple[str, str], float]:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return {(s.labels["door"], s.labels["reason"]): s.value for f in text_string_to_metric_families(text)
+                for s in f.samples if s.name == "smsdispatch_intake_refused_total"}  # fmt: skip
+
     other = Celery("other-app", broker=stack.table["broker_url"])
     bad = [
         {"to": "79161234567", "text": "code \ud83d"},  # half an emoji
@@ -256,14 +271,14 @@ def test_by_name_refusals_are_logged_with_the_field_and_counted(stack: Stack) ->
     good = {"to": "79161234567", "text": "after the bad ones", "key": "after-bad"}
     other.send_task("smsdispatch.send", kwargs=good, queue="sms.bulk")
     other.close()
-    wait_for(lambda: intake_refusals(settings)["task"] >= len(bad))
+    wait_for(lambda: counted().get(("task", "invalid"), 0) >= len(bad))
     log = stack.log_text()
     assert "refused its arguments" in log and "Traceback" not in log
     assert "text: an unpaired surrogate (U+D83D) at character 6" in log
     refusals = [line for line in log.splitlines() if "refused its arguments" in line]
     assert sum("): at: out of range" in line for line in refusals) == 2, refusals
     assert "unknown field" in log
-    assert intake_refusals(settings) == {"task": len(bad), "task_failed": 0}
+    assert counted() == {("task", "invalid"): len(bad)}  # none given up (store_failed)
 
     def stored_good() -> bool:  # its task may still run when the refusals are counted
         with db.session_scope() as s:

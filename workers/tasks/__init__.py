@@ -12,11 +12,12 @@ from celery import signals
 from celery.exceptions import Reject
 from redis.exceptions import RedisError
 
+from dispatcher import metrics
 from dispatcher.config import get_settings
 from dispatcher.coordination import Lease, coordinator_for
 from dispatcher.db import is_outage
 from dispatcher.errors import ValidationError
-from dispatcher.health import beat, count_refusal
+from dispatcher.health import beat
 from dispatcher.redact import redact
 from dispatcher.sending import SendPipeline
 from workers.app import app, publish, queue_depth
@@ -73,7 +74,7 @@ def send(self: Any, message_id: str | None = None, linger: bool = False, **field
             # log handler and hide the refusal.
             said = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
             log.error("smsdispatch.send refused its arguments (task %s): %s", self.request.id, said)
-            count_refusal(get_settings(), "task")
+            metrics.count_refusal("task", metrics.refusal_reason(exc))
             return f"invalid: {said}"
         except Exception as exc:
             # Not stored. The task is published again with the same id and arguments,
@@ -88,7 +89,7 @@ def send(self: Any, message_id: str | None = None, linger: bool = False, **field
                 said = redact(repr(shown)).encode("utf-8", "backslashreplace").decode("utf-8")
                 log.exception("smsdispatch.send could not store a message after %d tries (task %s),"
                               " given up: %s", tries, self.request.id, said)  # fmt: skip
-                count_refusal(get_settings(), "task_failed")
+                metrics.count_refusal("task", "store_failed")
                 return f"failed: {type(exc).__name__}"
             delay = min(INTAKE_RETRY_CAP, 2.0 ** min(self.request.retries, 6)) * random.uniform(0.8, 1.2)
             log.warning(
