@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from dispatcher.callbacks import deliver_due
 from dispatcher.config import Settings
-from dispatcher.coordination import MemoryCoordinator
+from dispatcher.coordination import Coordinator, MemoryCoordinator
 from dispatcher.retention import purge_due
 from dispatcher.schedule import jobs
 from dispatcher.sending import SendPipeline
@@ -29,9 +29,11 @@ log = logging.getLogger("smsdispatch.embedded")
 
 
 class EmbeddedRunner:
-    def __init__(self, settings: Settings, workers: int = 8) -> None:
+    def __init__(self, settings: Settings, workers: int = 8, coordinator: Coordinator | None = None) -> None:
         self.settings = settings
-        self.coordinator = MemoryCoordinator()
+        # A private one by default; an API in the same process (the console's scene)
+        # passes its own, so that it sees the breakers this pool opens.
+        self.coordinator = coordinator if coordinator is not None else MemoryCoordinator()
         self.pipeline = SendPipeline(settings, self.publish, self.coordinator)
         self._heaps: dict[str, list[tuple[float, int, tuple[str, ...]]]] = {"high": [], "normal": []}
         self._seq = itertools.count()

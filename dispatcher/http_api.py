@@ -499,6 +499,9 @@ def create_app(settings: Settings) -> FastAPI:
         """Prometheus text exposition (dispatcher/metrics.py, docs/metrics.md)."""
         return PlainTextResponse(exposition(registry), media_type=CONTENT_TYPE_LATEST)
 
+    from dispatcher import console  # the operator's web console under /console (docs/console.md)
+
+    app.include_router(console.router(settings))
     return app
 
 

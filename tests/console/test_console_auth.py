@@ -1,0 +1,272 @@
+"""The console's session, CSRF and login limits through FastAPI's TestClient, and its
+statistics on SQLite and PostgreSQL. No browser needed."""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import insert
+
+from dispatcher import config, db
+from dispatcher.console import router, stats
+from dispatcher.console import routes as console_routes
+from dispatcher.console.auth import SESSION_TTL, LoginThrottle, Signer
+from dispatcher.coordination import coordinator_for
+from dispatcher.models import ATTEMPTS, BALANCES, MESSAGES
+from dispatcher.simulator.core import Simulator
+from tests.conftest import sim_table
+from tests.support import PG_URL, reset_postgres
+
+TOKEN = "console-unit-operator-token-1"
+
+
+def make_settings(sim: Simulator, database_url: str, token: str = TOKEN) -> config.Settings:
+    table = sim_table(sim)
+    table.update({"database_url": database_url, "broker_url": "memory://", "api": {"token": token}})
+    return config.parse(table)
+
+
+@pytest.fixture
+def settings(sim: Simulator, tmp_path: Path) -> Iterator[config.Settings]:
+    made = make_settings(sim, f"sqlite:///{tmp_path / 'ledger.db'}")
+    config.set_settings(made)
+    db.dispose_engines()
+    coordinator_for("memory://").reset()
+    yield made
+    db.dispose_engines()
+    config.set_settings(None)
+
+
+def app_for(settings: config.Settings) -> FastAPI:
+    app = FastAPI()
+    app.include_router(router(settings))
+    return app
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html
+    return found.group(1)
+
+
+def log_in(client: TestClient, key: str = TOKEN) -> Any:
+    form = client.get("/console/login")
+    return client.post(
+        "/console/login", data={"csrf": csrf_of(form.text), "key": key}, follow_redirects=False
+    )
+
+
+# -- tokens
+
+
+def test_sessions_are_signed_expire_and_belong_to_one_token() -> None:
+    signer = Signer(TOKEN)
+    session, value = signer.new_session(now=1_000_000)
+    assert signer.read_session(value, now=1_000_000 + 60) == session
+    assert signer.read_session(value, now=1_000_000 + SESSION_TTL) is None  # expired
+    assert signer.read_session(value, now=1_000_000 - 3600) is None  # from the future
+    assert Signer("another-token").read_session(value, now=1_000_000) is None  # the token changed
+    head, mac = value.rsplit(".", 1)
+    flipped = "B" if mac[-1] == "A" else "A"
+    assert signer.read_session(f"{head}.{mac[:-1]}{flipped}", now=1_000_000) is None
+    forged = value.replace(str(session.issued), str(session.issued + 3600))
+    assert signer.read_session(forged, now=1_000_000) is None
+    for junk in ("", "s1", "s1.x.y.z", "a" * 500, "s1.１２.n.m"):
+        assert signer.read_session(junk) is None
+    assert signer.check_csrf(session, signer.csrf_for(session))
+    assert not signer.check_csrf(session, None) and not signer.check_csrf(session, "")
+    assert not signer.check_csrf(session, Signer("another-token").csrf_for(session))
+
+
+def test_login_tokens_are_double_submitted_and_signed() -> None:
+    signer = Signer(TOKEN)
+    token = signer.new_login_token()
+    assert signer.check_login_token(token, token)
+    assert not signer.check_login_token(token, signer.new_login_token())  # not the cookie's
+    assert not signer.check_login_token(None, token) and not signer.check_login_token(token, None)
+    other = Signer("another-token").new_login_token()
+    assert not signer.check_login_token(other, other)  # both forged alike: not ours
+    issued = int(token.split(".")[1])
+    assert not signer.check_login_token(token, token, now=issued + 2 * 3600)  # stale
+
+
+def test_client_keys_are_not_the_operators() -> None:
+    signer = Signer(TOKEN)
+    assert signer.is_operator(TOKEN)
+    for key in ("", TOKEN[:-1], TOKEN + " ", TOKEN.upper(), "sk_live_client_key"):
+        assert not signer.is_operator(key)
+
+
+def test_failed_logins_are_limited_per_address() -> None:
+    throttle = LoginThrottle(limit=3, window=60.0)
+    for t in range(3):
+        assert throttle.wait("10.0.0.1", now=100.0 + t) == 0.0
+        throttle.failed("10.0.0.1", now=100.0 + t)
+    assert throttle.wait("10.0.0.1", now=103.0) == pytest.approx(57.0)
+    assert throttle.wait("10.0.0.2", now=103.0) == 0.0  # another address
+    assert throttle.wait("10.0.0.1", now=161.0) == 0.0  # the window passed
+    throttle.failed("10.0.0.1", now=161.0)
+    throttle.succeeded("10.0.0.1")
+    assert throttle.wait("10.0.0.1", now=161.0) == 0.0
+
+
+# -- through the app
+
+
+def test_pages_need_a_session(settings: config.Settings) -> None:
+    client = TestClient(app_for(settings))
+    for path in ("/console", "/console/providers", "/console/queues", "/console/messages/abc"):
+        answer = client.get(path, follow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["location"] == "/console/login", path
+    assert client.get("/console/static/console.css").status_code == 200  # no data in it
+
+
+def test_cookies_are_secure_over_https(settings: config.Settings) -> None:
+    client = TestClient(app_for(settings), base_url="https://console.example")
+    form = client.get("/console/login")
+    assert "; secure" in form.headers["set-cookie"].lower()
+    answer = log_in(client)
+    assert answer.status_code == 303
+    session = next(c for c in answer.headers.get_list("set-cookie") if c.startswith("smsd_console="))
+    flags = {f.strip().lower() for f in session.split(";")[1:]}
+    assert {"httponly", "secure", "samesite=strict", "path=/console", f"max-age={SESSION_TTL}"} <= flags
+    plain = TestClient(app_for(settings))
+    assert "secure" not in plain.get("/console/login").headers["set-cookie"].lower()
+
+
+def test_a_changed_token_ends_every_session(sim: Simulator, settings: config.Settings) -> None:
+    client = TestClient(app_for(settings))
+    assert log_in(client).status_code == 303
+    assert client.get("/console/queues", follow_redirects=False).status_code == 200
+    rotated = make_settings(sim, settings.database_url, token="a-brand-new-operator-token")
+    other = TestClient(app_for(rotated), cookies=dict(client.cookies))
+    assert other.get("/console/queues", follow_redirects=False).status_code == 303
+
+
+def test_wrong_keys_are_slowed_then_stopped(
+    settings: config.Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(console_routes, "FAILED_LOGIN_DELAY", 0.0)
+    client = TestClient(app_for(settings))
+    for _ in range(10):
+        answer = log_in(client, "guess")
+        assert answer.status_code == 401 and "Wrong key" in answer.text
+        assert "guess" not in answer.text
+    answer = log_in(client, TOKEN)  # even the right key waits now: no oracle for guesses
+    assert answer.status_code == 429 and "Too many" in answer.text
+
+
+def test_an_oversized_or_foreign_form_is_refused(settings: config.Settings) -> None:
+    client = TestClient(app_for(settings))
+    token = csrf_of(client.get("/console/login").text)
+    big = client.post("/console/login", data={"csrf": token, "key": "k" * 10000})
+    assert big.status_code == 400
+    multipart = client.post("/console/login", files={"key": ("k", b"x")}, data={"csrf": token})
+    assert multipart.status_code == 400
+
+
+# -- statistics, on both databases
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def ledger(request: pytest.FixtureRequest, sim: Simulator, tmp_path: Path) -> Iterator[config.Settings]:
+    if request.param == "postgres":
+        reset_postgres(PG_URL)
+        db.upgrade(db.make_engine(PG_URL))
+        url = PG_URL
+    else:
+        url = f"sqlite:///{tmp_path / 'stats.db'}"
+    made = make_settings(sim, url)
+    config.set_settings(made)
+    db.dispose_engines()
+    yield made
+    db.dispose_engines()
+    config.set_settings(None)
+
+
+def _message(n: int, provider: str, created: datetime, **fields: Any) -> dict[str, Any]:
+    return {
+        "id": f"{n:032x}", "to": f"7916{n:07d}", "text": "t", "priority": "normal", "payload_hash": "h",
+        "parts": 1, "encoding": "gsm7", "status": "accepted", "provider": provider, "attempts": 1,
+        "retries": 0,
+        "failovers": 0, "tried": "", "created_at": created, "updated_at": created, "due_at": created,
+        "expires_at": created + timedelta(days=1), "polls": 0, "send_at": None, "accepted_at": None,
+        "final_at": None, **fields,
+    }  # fmt: skip
+
+
+def test_percentiles_are_exact_and_agree_across_databases(ledger: config.Settings) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows: list[dict[str, Any]] = []
+    waits: dict[str, list[float]] = {"prostor": [], "mysms": []}
+    for n in range(1, 38):
+        provider = "prostor" if n % 3 else "mysms"
+        wait = 0.05 * n + (n % 7) * 0.013  # seconds, in no particular order
+        created = now - timedelta(minutes=20, seconds=n)
+        waits[provider].append(wait)
+        rows.append(_message(n, provider, created, accepted_at=created + timedelta(seconds=wait)))
+    old = now - timedelta(hours=5)  # in the day, not the hour
+    rows.append(_message(100, "prostor", old, accepted_at=old + timedelta(seconds=99)))
+    rows.append(_message(101, "prostor", now - timedelta(minutes=1)))  # not accepted: not counted
+    scheduled = now - timedelta(minutes=2)
+    rows.append(
+        _message(102, "prostor", scheduled, send_at=scheduled, accepted_at=now)
+    )  # its wait was asked for
+    with db.session_scope(ledger.database_url) as s:
+        s.execute(insert(MESSAGES), rows)
+    figures = stats.provider_stats(ledger, ["prostor", "mysms", "smska"], now=now)
+    for provider, values in waits.items():
+        hour = figures.to_accepted["hour"][provider]
+        cuts = statistics.quantiles(values, n=100, method="inclusive")
+        assert hour["n"] == len(values)
+        assert hour["p50"] == pytest.approx(cuts[49], abs=1e-3)
+        assert hour["p95"] == pytest.approx(cuts[94], abs=1e-3)
+    day = figures.to_accepted["day"]["prostor"]
+    assert day["n"] == len(waits["prostor"]) + 1
+    assert day["p95"] == pytest.approx(
+        statistics.quantiles([*waits["prostor"], 99.0], n=100, method="inclusive")[94], abs=1e-3
+    )
+    assert "smska" not in figures.to_accepted["hour"]
+    assert stats.interpolate({0: 4.0}, 1, 0.95) == 4.0
+
+
+def test_rates_spend_and_balances(ledger: config.Settings) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    yesterday = now - timedelta(hours=20)
+    with db.session_scope(ledger.database_url) as s:
+        s.execute(insert(MESSAGES), [_message(1, "prostor", yesterday)])
+        attempts = []
+        for n, (outcome, at, cost) in enumerate(
+            [("accepted", now, 1.5), ("accepted", now, 3.0), ("retry", now, None), ("reject", now, None),
+             ("accepted", yesterday, 4.5), ("failover", yesterday, None),
+             ("accepted", now - timedelta(days=30), 9.0)]
+        ):  # fmt: skip
+            attempts.append({"message_id": f"{1:032x}", "provider": "prostor", "kind": "prostor",
+                             "started_at": at, "finished_at": at - timedelta(seconds=n), "outcome": outcome,
+                             "cost": cost, "parts": 2 if cost else None})  # fmt: skip
+        s.execute(insert(ATTEMPTS), attempts)
+        s.execute(insert(BALANCES), [
+            {"provider": "prostor", "at": now - timedelta(minutes=m), "amount": 100.0 - m, "error": None}
+            for m in range(10)
+        ] + [{"provider": "prostor", "at": now, "amount": None, "error": "HTTP 500"}])  # fmt: skip
+    figures = stats.provider_stats(ledger, ["prostor", "mysms"], now=now)
+    hour, day = figures.rates["prostor"]["hour"], figures.rates["prostor"]["day"]
+    assert (hour["calls"], hour["accepted"], hour["errors"], hour["rejected"]) == (4, 2, 1, 1)
+    assert (day["calls"], day["accepted"], day["errors"]) == (6, 3, 2)
+    assert day["acceptance"] == pytest.approx(0.5) and day["error_rate"] == pytest.approx(1 / 3)
+    assert figures.rates["mysms"]["day"]["acceptance"] is None
+    by_day = {d["day"]: d for d in figures.spend}
+    assert sum(d["cost"] for d in by_day.values()) == pytest.approx(9.0)
+    assert sum(d["parts"] or 0 for d in by_day.values()) == 6
+    assert by_day[now.strftime("%Y-%m-%d")]["messages"] >= 2
+    assert sum(b["readings"] for b in figures.balances) == 11
+    assert sum(b["errors"] for b in figures.balances) == 1
+    assert len(figures.balances) <= stats.BALANCE_POINTS + 1
