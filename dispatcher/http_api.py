@@ -63,7 +63,7 @@ from dispatcher.clients import ClientInfo, authenticate
 from dispatcher.config import Settings
 from dispatcher.db import session_scope
 from dispatcher.errors import ConfigError, LimitExceeded, ValidationError
-from dispatcher.metrics import api_registry, exposition
+from dispatcher.metrics import api_registry, count_refusal, exposition
 from dispatcher.models import STOP_LIST
 from dispatcher.search import MAX_LIMIT, search
 from dispatcher.validation import MAX_TTL, normalize_phone, text_problem
@@ -317,6 +317,9 @@ def create_app(settings: Settings) -> FastAPI:
         if first.get("type") == "json_invalid":  # not JSON at all: nothing to name in it
             context: dict[str, Any] = first.get("ctx") or {}
             return _error(400, "body", f"not valid JSON: {context.get('error', 'malformed')}")
+        if request.method == "POST" and request.url.path == "/v1/messages":
+            # Refused by the schema before dispatcher.api saw it, which counts its own.
+            count_refusal("api", "invalid")
         return _error(422, _field_name(first.get("loc", ())), str(first.get("msg", "invalid")))
 
     @app.exception_handler(ValidationError)

@@ -225,7 +225,7 @@ class LedgerCollector(Collector):
             return None
 
     def _database(self) -> tuple[list[Metric], dict[str, Any]]:
-        from sqlalchemy import func, select
+        from sqlalchemy import func, select, text
 
         from dispatcher.callbacks import outbox_totals
         from dispatcher.db import session_scope
@@ -235,6 +235,10 @@ class LedgerCollector(Collector):
         passing = sorted(st.value for st in Status if not st.is_final)
         names = [pc.name for pc in self.settings.providers]
         with session_scope(self.settings.database_url) as s:
+            if s.get_bind().dialect.name == "postgresql":
+                # A database that hangs rather than refuses must not hold the scrape past
+                # Prometheus' own timeout (10 s): these gauges are then absent, the rest answer.
+                s.execute(text("SET LOCAL statement_timeout = '5s'"))
             # Two index-only scans, each as long as the messages in flight: by status
             # (ix_messages_status_due), and by provider (ix_messages_provider_status_poll,
             # which a provider-less GROUP BY would read whole). docs/metrics.md: figures.

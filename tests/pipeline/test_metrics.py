@@ -295,6 +295,13 @@ def test_refusals_at_the_door_are_counted_by_reason(served: Stack) -> None:
         reply = client.post("/v1/messages", json={"messages": [{"to": "1", "text": "x"}]},
                             headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
         assert reply.status_code == 422
+        # refused by the request schema itself (a number as `to`), before dispatcher.api
+        reply = client.post("/v1/messages", json={"to": 79165550003, "text": "x"},
+                            headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+        assert reply.status_code == 422 and reply.json()["error"]["field"] == "to"
+        # a bad query on a read is no message refused
+        reply = client.get("/v1/messages?limit=x", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert reply.status_code == 422
     after = scrape(app)
 
     def moved(name: str, *keys: str) -> dict[tuple[str, ...], float]:
@@ -302,7 +309,7 @@ def test_refusals_at_the_door_are_counted_by_reason(served: Stack) -> None:
         return {k: v - old.get(k, 0.0) for k, v in after.by(name, *keys).items() if v != old.get(k, 0.0)}
 
     assert moved("smsdispatch_intake_refused_total", "door", "reason") == {
-        ("api", "stopped"): 1, ("api", "invalid"): 2, ("api", "conflict"): 1,
+        ("api", "stopped"): 1, ("api", "invalid"): 3, ("api", "conflict"): 1,
     }  # fmt: skip
     # The stopped one is stored rejected: a final status no provider gave.
     assert moved("smsdispatch_messages_final_total", "provider", "status") == {("none", "rejected"): 1}
