@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from dispatcher import intake, ledger, metrics
 from dispatcher.config import Settings, get_settings
 from dispatcher.db import session_scope
-from dispatcher.errors import ValidationError
+from dispatcher.errors import IdempotencyConflict, ValidationError
 from dispatcher.keys import public_key, scoped_key
 from dispatcher.models import utcnow
 from dispatcher.validation import MAX_TTL, NewMessage, validate
@@ -52,10 +52,6 @@ def use_publisher(publisher: PublishMany | None) -> None:
     goes back to Celery."""
     global _publisher
     _publisher = publisher
-
-
-class IdempotencyConflict(ValidationError):
-    """The key was used before with a different payload."""
 
 
 def _validate_many(settings: Settings, messages: Iterable[Mapping[str, Any]], bulk: bool) -> list[NewMessage]:

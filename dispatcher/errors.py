@@ -44,6 +44,10 @@ class ValidationError(SmsDispatchError, ValueError):
         super().__init__(f"{field}: {reason}")
 
 
+class IdempotencyConflict(ValidationError):
+    """The key was used before with a different payload (HTTP 409)."""
+
+
 class LimitExceeded(ValidationError):
     """A limit refused the request (HTTP 429 with ``Retry-After``): ``code`` says which
     (``quota``: the client's daily quota; ``recipient_rate``: too many to one number).

@@ -62,9 +62,10 @@ from dispatcher import api
 from dispatcher.clients import ClientInfo, authenticate
 from dispatcher.config import Settings
 from dispatcher.db import session_scope
-from dispatcher.errors import ConfigError, LimitExceeded, ValidationError
-from dispatcher.metrics import api_registry, count_refusal, exposition
+from dispatcher.errors import ConfigError, IdempotencyConflict, LimitExceeded, ValidationError
+from dispatcher.metrics import count_refusal
 from dispatcher.models import STOP_LIST
+from dispatcher.scrape import api_registry, exposition
 from dispatcher.search import MAX_LIMIT, search
 from dispatcher.validation import MAX_TTL, normalize_phone, text_problem
 
@@ -330,7 +331,7 @@ def create_app(settings: Settings) -> FastAPI:
             seconds = max(1, math.ceil(wait))
             body = {"error": {"field": exc.field, "reason": exc.reason, "code": exc.code}}
             return JSONResponse(body, status_code=429, headers={"Retry-After": str(seconds)})
-        status = 409 if isinstance(exc, api.IdempotencyConflict) else 422
+        status = 409 if isinstance(exc, IdempotencyConflict) else 422
         return _error(status, exc.field, exc.reason)
 
     guarded = [Depends(auth), Depends(printable)]
@@ -499,7 +500,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:
-        """Prometheus text exposition (dispatcher/metrics.py, docs/metrics.md)."""
+        """Prometheus text exposition (dispatcher/scrape.py, docs/metrics.md)."""
         return PlainTextResponse(exposition(registry), media_type=CONTENT_TYPE_LATEST)
 
     from dispatcher import console  # the operator's web console under /console (docs/console.md)

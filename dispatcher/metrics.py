@@ -9,8 +9,8 @@ Two families:
   the one place every HTTP call to a provider passes), retries and failovers
   (``ledger.apply``), refusals at intake (``api``, the by-name task) and callback
   deliveries (``callbacks``).
-- Gauges read at scrape time by ``LedgerCollector`` from the ledger and Redis: only
-  the API's ``/metrics`` registers it, so workers never touch the database for it.
+- Gauges read at scrape time by ``dispatcher.scrape.LedgerCollector`` from the ledger
+  and Redis: only the API's ``/metrics`` registers it, so workers never touch the database for it.
 
 How a worker's counters reach Prometheus, one of two ways per host:
 
@@ -39,11 +39,9 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -51,16 +49,13 @@ from prometheus_client import (
     Counter,
     Histogram,
     disable_created_metrics,
-    generate_latest,
     start_http_server,
 )
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
-from prometheus_client.registry import Collector
 from sqlalchemy import event
 from sqlalchemy.orm import Session, SessionTransaction
 
-from dispatcher.errors import LimitExceeded, ValidationError
+from dispatcher.errors import IdempotencyConflict, LimitExceeded, ValidationError
 from dispatcher.status import FINAL, Status
 
 log = logging.getLogger("smsdispatch.metrics")
@@ -153,8 +148,6 @@ def observe_call(provider: str, kind: str, outcome: str, seconds: float) -> None
 
 def refusal_reason(exc: ValidationError) -> str:
     """The ``reason`` label of a refusal: the limit's code, ``conflict`` or ``invalid``."""
-    from dispatcher.api import IdempotencyConflict
-
     if isinstance(exc, LimitExceeded):
         return exc.code
     return "conflict" if isinstance(exc, IdempotencyConflict) else "invalid"
@@ -176,215 +169,9 @@ def refusals(door: str) -> Iterator[None]:
         raise
 
 
-# -- the gauges read at scrape time ----------------------------------------------------
-
-CIRCUIT = {"closed": 0, "half-open": 1, "open": 2}
-
-
-class LedgerCollector(Collector):
-    """The state of the system, read from the ledger and Redis at each scrape. Each
-    source is read on its own: with Redis or the database down, its gauges are
-    absent, the others answer, and ``smsdispatch_metrics_source_up`` says which.
-
-    Kept cheap for a scrape every 15 s on a large ledger: messages are counted only
-    in the statuses they pass through (by ``ix_messages_status_due``), never by a
-    scan of the whole table; final statuses come from ``smsdispatch_messages_final``.
-    """
-
-    def __init__(self, settings: Any) -> None:
-        self.settings = settings
-
-    def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("smsdispatch_metrics_source_up",
-                               "1 when /metrics could read this source (database, redis).",
-                               labels=["source"])  # fmt: skip
-        database = self._read("database", self._database)
-        redis = self._read("redis", self._redis)
-        up.add_metric(["database"], 0.0 if database is None else 1.0)
-        up.add_metric(["redis"], 0.0 if redis is None else 1.0)
-        yield up
-        facts: dict[str, Any] = {}
-        for part in (database, redis):
-            if part is not None:
-                metrics, found = part
-                facts.update(found)
-                yield from metrics
-        if database is not None and redis is not None:
-            from dispatcher.health import judge
-
-            healthy = GaugeMetricFamily("smsdispatch_workers_healthy", "1 when workers consume.")
-            healthy.add_metric([], 1.0 if judge(self.settings, **facts)["ok"] else 0.0)
-            yield healthy
-
-    def _read(self, source: str, read: Any) -> tuple[list[Metric], dict[str, Any]] | None:
-        try:
-            result: tuple[list[Metric], dict[str, Any]] = read()
-            return result
-        except Exception as exc:  # that source is down: its gauges are left out, never a 500
-            log.warning("/metrics: %s unreadable: %s: %s", source, type(exc).__name__, exc)
-            return None
-
-    def _database(self) -> tuple[list[Metric], dict[str, Any]]:
-        from sqlalchemy import func, select, text
-
-        from dispatcher.callbacks import outbox_totals
-        from dispatcher.db import session_scope
-        from dispatcher.health import stuck_messages
-        from dispatcher.models import BALANCES, MESSAGES, utcnow
-
-        passing = sorted(st.value for st in Status if not st.is_final)
-        names = [pc.name for pc in self.settings.providers]
-        with session_scope(self.settings.database_url) as s:
-            if s.get_bind().dialect.name == "postgresql":
-                # A database that hangs rather than refuses must not hold the scrape past
-                # Prometheus' own timeout (10 s): these gauges are then absent, the rest answer.
-                s.execute(text("SET LOCAL statement_timeout = '5s'"))
-            # Two index-only scans, each as long as the messages in flight: by status
-            # (ix_messages_status_due), and by provider (ix_messages_provider_status_poll,
-            # which a provider-less GROUP BY would read whole). docs/metrics.md: figures.
-            by_status = s.execute(
-                select(MESSAGES.c.status, func.count())
-                .where(MESSAGES.c.status.in_(passing))
-                .group_by(MESSAGES.c.status)
-            ).all()
-            by_provider = s.execute(
-                select(MESSAGES.c.status, MESSAGES.c.provider, func.count())
-                .where(MESSAGES.c.provider.in_(names), MESSAGES.c.status.in_(passing))
-                .group_by(MESSAGES.c.status, MESSAGES.c.provider)
-            ).all()
-            readings = {}
-            for pc in self.settings.providers:
-                readings[pc.name] = s.execute(
-                    select(BALANCES.c.amount, BALANCES.c.credit, BALANCES.c.at)
-                    .where(BALANCES.c.provider == pc.name, BALANCES.c.amount.is_not(None))
-                    .order_by(BALANCES.c.at.desc())
-                    .limit(1)
-                ).first()
-            outbox = outbox_totals(s, utcnow())
-            stuck = stuck_messages(self.settings, s)
-        now = time.time()
-        messages = GaugeMetricFamily(
-            "smsdispatch_messages",
-            "Messages now in a status they pass through (queued, scheduled, sending, accepted, sent,"
-            " unknown), by provider.", labels=["status", "provider"],
-        )  # fmt: skip
-        counted: Tally[tuple[str, str]] = Tally()
-        rest = Tally({status: int(n) for status, n in by_status})
-        for status, provider, n in by_provider:
-            counted[(status, provider)] = int(n)
-            rest[status] -= int(n)
-        for status in passing:  # present at 0 too: a rule sees an empty status, not an absent one
-            if rest[status] or not any(st == status for st, _ in counted):
-                counted[(status, NO_PROVIDER)] = rest[status]
-        for (status, provider), n in sorted(counted.items()):
-            messages.add_metric([status, provider], float(n))
-        balance = GaugeMetricFamily("smsdispatch_provider_balance",
-                                    "The provider's balance as last read.", labels=["provider"])  # fmt: skip
-        low = GaugeMetricFamily(
-            "smsdispatch_provider_balance_low",
-            "1 when balance and credit are under the provider's balance_threshold (routing skips it).",
-            labels=["provider"],
-        )
-        age = GaugeMetricFamily("smsdispatch_provider_balance_age_seconds",
-                                "Seconds since the balance was last read.", labels=["provider"])  # fmt: skip
-        for pc in self.settings.providers:
-            reading = readings[pc.name]
-            if reading is None:
-                continue
-            amount, credit, at = reading
-            spendable = float(amount) + float(credit or 0.0)
-            threshold = pc.balance_threshold
-            balance.add_metric([pc.name], float(amount))
-            low.add_metric([pc.name], 1.0 if threshold is not None and spendable < threshold else 0.0)
-            age.add_metric([pc.name], max(0.0, now - _epoch(at)))
-        stuck_gauge = GaugeMetricFamily(
-            "smsdispatch_stuck_messages", "Messages due for over 5 minutes and not picked up.", value=stuck
-        )
-        callbacks = [
-            GaugeMetricFamily("smsdispatch_callbacks_pending", "Status callbacks waiting to be delivered.",
-                              value=outbox["pending"]),
-            GaugeMetricFamily("smsdispatch_callbacks_failing",
-                              "Pending status callbacks whose last delivery try failed.",
-                              value=outbox["failing"]),
-            GaugeMetricFamily("smsdispatch_callbacks_failed",
-                              "Status callbacks given up (not delivered within callbacks.max_age, or 410).",
-                              value=outbox["failed"]),
-            GaugeMetricFamily("smsdispatch_callbacks_oldest_pending_seconds",
-                              "Age of the oldest pending status callback (0 when none).",
-                              value=outbox["oldest_pending_age_s"] or 0.0),
-        ]  # fmt: skip
-        return [messages, balance, low, age, stuck_gauge, *callbacks], {"stuck": stuck}
-
-    def _redis(self) -> tuple[list[Metric], dict[str, Any]]:
-        from dispatcher.coordination import coordinator_for
-        from dispatcher.health import heartbeat_age, queue_depths
-
-        coordinator = coordinator_for(self.settings.broker_url)
-        circuit = GaugeMetricFamily(
-            "smsdispatch_circuit_state",
-            "Circuit breaker: 0 closed, 1 half-open, 2 open.",
-            labels=["provider"],
-        )
-        for pc in self.settings.providers:
-            circuit.add_metric([pc.name], float(CIRCUIT[coordinator.breaker_state(pc.name).state]))
-        depths = queue_depths(self.settings)
-        queue = GaugeMetricFamily("smsdispatch_queue_depth", "Tasks waiting on the broker, by queue.",
-                                  labels=["queue"])  # fmt: skip
-        for name, n in depths.items():
-            queue.add_metric([name], float(n))
-        ages = {
-            "sweep_age": heartbeat_age(self.settings, "sweep"),
-            "send_age": heartbeat_age(self.settings, "send"),
-        }
-        out: list[Metric] = [circuit, queue]
-        for name, key, what in (
-            ("smsdispatch_last_sweep_age_seconds", "sweep_age", "a sweep"),
-            ("smsdispatch_last_send_age_seconds", "send_age", "a send task"),
-        ):
-            if ages[key] is not None:
-                out.append(
-                    GaugeMetricFamily(name, f"Seconds since a worker last ran {what}.", value=ages[key])
-                )
-        return out, {"depths": depths, **ages}
-
-
-def _epoch(at: Any) -> float:
-    from datetime import UTC
-
-    if at.tzinfo is None:  # stored UTC; a naive value can only be that
-        at = at.replace(tzinfo=UTC)
-    return float(at.timestamp())
-
-
-class _ThisProcess(Collector):
-    """This process's own metrics (the default registry), for an API that is not in
-    multiprocess mode."""
-
-    def collect(self) -> Iterator[Metric]:
-        yield from REGISTRY.collect()
-
-
 def multiprocess_dir() -> str | None:
     """The shared directory of multiprocess mode, if this process has one."""
     return os.environ.get(MULTIPROC_ENV) or None
-
-
-def api_registry(settings: Any) -> CollectorRegistry:
-    """The API's registry: the counters of every process sharing the multiprocess
-    directory (or of this process alone), and the gauges read at scrape time."""
-    registry = CollectorRegistry(auto_describe=False)
-    path = multiprocess_dir()
-    if path is not None:
-        MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
-    else:
-        registry.register(_ThisProcess())
-    registry.register(LedgerCollector(settings))
-    return registry
-
-
-def exposition(registry: CollectorRegistry) -> bytes:
-    """The Prometheus text of ``registry`` (its content type: ``CONTENT_TYPE_LATEST``)."""
-    return generate_latest(registry)
 
 
 # -- the worker side (workers/app.py calls these) -----------------------------------------

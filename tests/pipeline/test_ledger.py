@@ -12,9 +12,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlmodel import SQLModel
 
 from dispatcher import api, db, ledger
-from dispatcher.api import IdempotencyConflict
 from dispatcher.decisions import Action, Decision
-from dispatcher.errors import ValidationError
+from dispatcher.errors import IdempotencyConflict, ValidationError
 from dispatcher.status import Status
 from tests.support import SCHEMA_HEAD as HEAD
 from tests.support import Stack
