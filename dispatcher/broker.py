@@ -13,10 +13,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+import redis.exceptions
 from celery import Celery
 from kombu.entity import Queue
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import redis as kombu_redis
 
 from dispatcher.config import Settings, get_settings
+from dispatcher.redis_conn import celery_url, is_sentinel, transport_options
 from dispatcher.schedule import jobs
 from dispatcher.sending.router import Router
 
@@ -28,6 +32,39 @@ SEND_MANY_TASK = "smsdispatch.send_many"
 
 app = Celery("smsdispatch", include=["workers.tasks"])
 
+# The broker's socket timeouts under Sentinel, seconds (see _sentinel_transport).
+SOCKET_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 3.0
+
+
+class SentinelChannel(kombu_redis.SentinelChannel):
+    """kombu's sentinel channel, with one crash taken out.
+
+    When the master dies under a worker, Celery 5.7 first collects the broken
+    connection (which drops the transport's link to it) and then closes it. If the
+    first close of the channel failed on the connection (no master yet: the
+    sentinels are still electing), the second one restores the unacknowledged
+    messages through a pool it must build again from that link, and dies with
+    AttributeError, which nothing catches: the worker stopped ("Unrecoverable
+    error", seen in tests/faults/test_sentinel.py). Here it is a connection error,
+    which Celery ignores and recovers from; the messages stay in the unacked hash and
+    kombu restores them after the visibility timeout (at least once: a second copy of
+    a send task finds its messages claimed)."""
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker connection was collected")
+        return super()._connparams(asynchronous)  # type: ignore[no-untyped-call]
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
+# sentinel:// URLs are served by the transport above (kombu picks transports by the
+# URL's scheme through this table).
+TRANSPORT_ALIASES["sentinel"] = "dispatcher.broker:SentinelTransport"
+
 
 def _queue(name: str) -> Any:
     return Queue(name)  # type: ignore[no-untyped-call]  # kombu ships no types
@@ -37,7 +74,9 @@ def configure(settings: Settings) -> Celery:
     """Apply ``settings`` to the app (at import, and again by tests and the demo)."""
     p = settings.pipeline
     app.conf.update(
-        broker_url=settings.broker_url,
+        # A sentinel URL loses our ?master_name=... here: kombu takes it as a
+        # transport option (below).
+        broker_url=celery_url(settings.broker_url),
         broker_connection_retry_on_startup=True,
         task_serializer="json",
         accept_content=["json"],
@@ -60,7 +99,9 @@ def configure(settings: Settings) -> Celery:
             # or greenlet pool acks at once: an ack that finds none fails, and the task
             # runs again (seen under -P gevent -c 50). A worker raises it to its pool.
             "max_connections": 200,
+            **_sentinel_transport(settings.broker_url),
         },
+        **_sentinel_failover(settings.broker_url),
         # On TERM, running sends get time to finish before the worker stops.
         worker_soft_shutdown_timeout=p.soft_shutdown_timeout,
         worker_enable_soft_shutdown_on_idle=True,
@@ -84,6 +125,48 @@ def configure(settings: Settings) -> Celery:
         task_send_sent_event=settings.flower.basic_auth is not None,
     )
     return app
+
+
+def _sentinel_transport(url: str) -> dict[str, Any]:
+    """kombu's transport options for a sentinel URL ({} for any other)."""
+    options = transport_options(url, socket_timeout=SOCKET_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
+    if options:
+        # Bounded socket waits. A promoted replica is found only when a command on the
+        # old master's connection fails; a master that vanished without closing its
+        # sockets (a host down, a partition) would leave a publish or an ack waiting
+        # for ever. BRPOP polls for 1 s, well inside this.
+        options.update(socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT)
+    return options
+
+
+def _sentinel_failover(url: str) -> dict[str, Any]:
+    """Celery settings that carry workers, beat and producers across a failover."""
+    if not is_sentinel(url):
+        # Celery's defaults, spelled out: the app may be configured again with
+        # another URL in one process (tests, the demo).
+        return {
+            "broker_channel_error_retry": False,
+            "broker_connection_max_retries": 100,
+            "task_publish_retry_policy": {
+                "max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 1,
+            },
+        }  # fmt: skip
+    return {
+        # A connection to a demoted master answers READONLY; redis-py turns that into a
+        # connection error on a master pool, and this makes Celery redial on a channel
+        # error too instead of stopping the consumer (celery/celery#7946).
+        "broker_channel_error_retry": True,
+        # Keep redialling while the sentinels elect (seconds); Celery's default gives
+        # up after 100 tries and the worker exits.
+        "broker_connection_max_retries": None,
+        # A producer's publish retries across the election (about 6 s here) instead of
+        # Celery's 0.6 s: otherwise every message stored during a failover waits for
+        # the sweeper (`pipeline.sweeper_stale_after`). Nothing is lost either way: the
+        # row is committed before the publish.
+        "task_publish_retry_policy": {
+            "max_retries": 12, "interval_start": 0, "interval_step": 0.25, "interval_max": 0.5,
+        },
+    }  # fmt: skip
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -1091,7 +1091,10 @@ def run_demo(args: argparse.Namespace) -> int:
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--messages", type=int, default=1000)
     p.add_argument("--workers", type=int, default=8, help="worker threads (embedded) or processes (celery)")
-    p.add_argument("--broker", help="run real Celery workers on this broker (redis://...)")
+    p.add_argument(
+        "--broker",
+        help="run real Celery workers on this broker (redis://... or sentinel://...?master_name=NAME)",
+    )
     p.add_argument(
         "--embedded", action="store_true", help="the in-process worker pool even if a broker is configured"
     )

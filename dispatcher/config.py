@@ -22,6 +22,7 @@ from dispatcher.providers import adapter_class, registry
 from dispatcher.providers.base import common_sender_problem
 from dispatcher.quiet import Rate, Window, parse_rate, parse_window, zone
 from dispatcher.redact import register_secret
+from dispatcher.redis_conn import is_sentinel, parse_sentinel
 from dispatcher.tomlout import to_toml as to_toml  # re-exported: config.to_toml
 
 GUARANTEES = ("at-most-once", "at-least-once")
@@ -668,8 +669,14 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     if broker:
         settings = replace(settings, broker_url=broker)
     _check_db_url(settings.database_url)
-    if settings.broker_url != "memory://":  # the embedded runner's in-process queue
-        _check_url(settings.broker_url, "broker_url", ("redis", "rediss", "amqp", "sentinel"))
+    if is_sentinel(settings.broker_url):
+        # Several sentinels in one string (Celery's form): each part is checked, and
+        # the master's name must be there (redis_conn.parse_sentinel).
+        target = parse_sentinel(settings.broker_url, "broker_url")
+        register_secret(target.password)
+        register_secret(target.sentinel_password)
+    elif settings.broker_url != "memory://":  # the embedded runner's in-process queue
+        _check_url(settings.broker_url, "broker_url", ("redis", "rediss", "amqp"))
     return settings
 
 

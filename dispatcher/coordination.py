@@ -15,8 +15,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 import redis.exceptions
+
+from dispatcher.redis_conn import client_for, is_redis
 
 PREFIX = "smsd:"
 
@@ -107,6 +108,10 @@ class Coordinator:
 
 
 # -- Redis --------------------------------------------------------------------------
+
+# How long taking or freeing a lock waits for Redis to come back (a Sentinel failover:
+# the master noticed down, a replica elected and promoted) before it gives up, seconds.
+LOCK_PATIENCE = 30.0
 
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)"
 
@@ -215,7 +220,11 @@ return {now, tonumber(h[1] or '0'), tonumber(h[2] or '0'), tonumber(h[3] or '0')
 
 class RedisCoordinator(Coordinator):
     def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
+        # A sentinel URL gives a client of the current master: it asks the sentinels
+        # again after a failover. The scripts below are EVALSHA with a reload on
+        # NOSCRIPT (redis-py's Script), so a promoted replica that never saw them
+        # loads them on first use.
+        self.client = client_for(url, socket_timeout=5, connect_timeout=3)
         self._allow = self.client.register_script(_ALLOW)
         self._fail = self.client.register_script(_FAIL)
         self._gate = self.client.register_script(_GATE)
@@ -267,8 +276,33 @@ class RedisCoordinator(Coordinator):
     def acquire_lock(self, name: str, ttl: float) -> Lease | None:
         # redis-py's Lock: a random token per holder, released by a script that checks
         # it. Not thread-local: a task may release from another thread of its pool.
-        lock = self.client.lock(f"{PREFIX}lock:{name}", timeout=ttl, blocking=False, thread_local=False)
-        return _RedisLease(lock) if lock.acquire() else None
+        # Under Sentinel a lock is a lease, not a guarantee: replication is
+        # asynchronous, so a lock taken just before the master died may be missing on
+        # the promoted replica and a second holder may take it. Every lock here only
+        # keeps two runs of a poll, a drain or a sweep from overlapping, and each of
+        # those is safe twice (the ledger's transitions and claims decide), so a lost
+        # lock costs a repeated status call, never a second SMS.
+        key = f"{PREFIX}lock:{name}"
+        lock = self.client.lock(key, timeout=ttl, blocking=False, thread_local=False)
+        # Our own token, so that a try whose reply was lost (the master died after the
+        # SET, and the replica has the key) can be recognised as ours when Redis is
+        # back, rather than holding the lock for its whole TTL with nobody to free it.
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + LOCK_PATIENCE
+        while True:
+            try:
+                if lock.acquire(token=token):
+                    return _RedisLease(lock)
+                held: Any = self.client.get(key)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
+                continue
+            if held is not None and held == token.encode():
+                lock.local.token = held
+                return _RedisLease(lock)
+            return None
 
     def set_value(self, name: str, value: str, ttl: float | None = None) -> None:
         self.client.set(f"{PREFIX}value:{name}", value, px=None if ttl is None else max(1, int(ttl * 1000)))
@@ -291,11 +325,29 @@ class _RedisLease(Lease):
         self.lock = lock
 
     def release(self) -> bool:
-        try:
-            self.lock.release()
-        except redis.exceptions.LockError:  # LockNotOwnedError included: it expired
+        # A release that fails on the connection is tried again until Redis answers: the
+        # lock was replicated before the master died, and a promoted replica would hold
+        # it for its whole TTL (the run locks' 600 s: no polls for ten minutes, seen in
+        # tests/faults/test_sentinel.py). Trying again is safe: the script frees the
+        # lock only while it holds this holder's token.
+        # do_release with the token kept here: Lock.release forgets the token before
+        # it asks Redis, so a second release() would not try again.
+        token = self.lock.local.token
+        if token is None:
             return False
-        return True
+        self.lock.local.token = None
+        deadline = time.monotonic() + LOCK_PATIENCE
+        while True:
+            try:
+                self.lock.do_release(token)
+            except redis.exceptions.LockError:  # LockNotOwnedError included: it expired
+                return False
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
+                continue
+            return True
 
 
 def _state_of(now: float, open_until: float, failures: int, opens: int) -> BreakerState:
@@ -459,10 +511,7 @@ def coordinator_for(broker_url: str) -> Coordinator:
     with _clock:
         found = _coordinators.get(broker_url)
         if found is None:
-            if broker_url.startswith(("redis://", "rediss://")):
-                found = RedisCoordinator(broker_url)
-            else:
-                found = MemoryCoordinator()
+            found = RedisCoordinator(broker_url) if is_redis(broker_url) else MemoryCoordinator()
             _coordinators[broker_url] = found
         return found
 

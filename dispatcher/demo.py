@@ -241,12 +241,12 @@ def provider_report(ids: list[str], kinds: list[str]) -> list[dict[str, Any]]:
 
 
 def _broker_answers(url: str) -> bool:
-    if not url.startswith(("redis://", "rediss://")):
+    from dispatcher.redis_conn import client_for, is_redis
+
+    if not is_redis(url):
         return False
     try:
-        import redis
-
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+        return bool(client_for(url, socket_timeout=1, connect_timeout=1).ping())
     except Exception:
         return False
 
@@ -286,14 +286,11 @@ def run(
         receiver = Receiver().start()
         shop_load = _shop(receiver)
         if mode == "celery":
-            import redis
-
             from dispatcher import broker as worker_app
+            from dispatcher.redis_conn import client_for
 
             worker_app.configure(settings)
-            redis.Redis.from_url(settings.broker_url).delete(
-                "sms.high", "sms.bulk", "sms.poll", "sms.control"
-            )
+            client_for(settings.broker_url).delete("sms.high", "sms.bulk", "sms.poll", "sms.control")
             from dispatcher.coordination import coordinator_for
 
             coordinator_for(settings.broker_url).reset()

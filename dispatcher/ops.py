@@ -106,10 +106,19 @@ def doctor_checks(settings: config_mod.Settings) -> list[dict[str, Any]]:
     def broker() -> str:
         if settings.broker_url == "memory://":
             return "in-process (embedded)"
-        import redis
+        from dispatcher.redis_conn import client_for, is_sentinel, parse_sentinel
 
-        redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=2).ping()
-        return "redis answers"
+        client = client_for(settings.broker_url, socket_timeout=2, connect_timeout=2)
+        try:
+            client.ping()
+            if not is_sentinel(settings.broker_url):
+                return "redis answers"
+            # Which server the sentinels name now: after a failover, the promoted one.
+            host, port = client.connection_pool.get_master_address()  # type: ignore[attr-defined]
+            master = parse_sentinel(settings.broker_url).master_name
+            return f"redis answers (sentinel master {master!r} at {host}:{port})"
+        finally:
+            client.close()
 
     def workers() -> str:
         from dispatcher.health import worker_health

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -23,9 +24,10 @@ def free_port() -> int:
 
 
 class OwnRedis:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, args: Sequence[str] = ()) -> None:
         self.folder = folder
         self.port = free_port()
+        self.args = list(args)  # more redis-server options (--replicaof ...)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -35,7 +37,7 @@ class OwnRedis:
     def start(self) -> OwnRedis:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)],
+             "--appendonly", "no", "--dir", str(self.folder), *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis.from_url(self.url)
@@ -57,6 +59,115 @@ class OwnRedis:
         """A crash and a restart that kept nothing (no persistence)."""
         self.kill()
         self.start()
+
+
+class OwnSentinels:
+    """A Redis master, one replica and three sentinels (quorum 2) on spare ports, in a
+    folder of their own: the smallest group that survives losing its master. The
+    sentinels notice a dead master after ``down_after`` ms and promote the replica."""
+
+    MASTER = "smsd"
+
+    def __init__(self, folder: Path, down_after: int = 1000, failover_timeout: int = 3000) -> None:
+        self.folder = folder
+        self.down_after = down_after
+        self.failover_timeout = failover_timeout
+        (folder / "master").mkdir(parents=True)
+        (folder / "replica").mkdir()
+        self.master = OwnRedis(folder / "master")
+        self.replica = OwnRedis(folder / "replica", ["--replicaof", "127.0.0.1", str(self.master.port)])
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        """The broker URL of the group: Celery's form with our master name."""
+        hosts = ";".join(f"sentinel://127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"{hosts}?master_name={self.MASTER}"
+
+    def start(self) -> OwnSentinels:
+        self.master.start()
+        self.replica.start()
+        for n, port in enumerate(self.sentinel_ports):
+            # Sentinels rewrite their file (the peers, the epoch): one each.
+            conf = self.folder / f"sentinel{n}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.folder}\n"
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.MASTER} {self.down_after}\n"
+                f"sentinel failover-timeout {self.MASTER} {self.failover_timeout}\n"
+                f"sentinel parallel-syncs {self.MASTER} 1\n",
+                encoding="utf-8",
+            )
+            log = (self.folder / f"sentinel{n}.log").open("wb")
+            self.sentinels.append(
+                subprocess.Popen(
+                    ["redis-server", str(conf), "--sentinel"], stdout=log, stderr=subprocess.STDOUT
+                )
+            )
+        self._wait(
+            lambda: self._synced() and all(self._sees_all(p) for p in self.sentinel_ports), "group ready"
+        )
+        return self
+
+    def _sentinel(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=1)
+
+    def _synced(self) -> bool:
+        info = redis.Redis(port=self.replica.port).info("replication")
+        return bool(info.get("master_link_status") == "up")
+
+    def _sees_all(self, port: int) -> bool:
+        """This sentinel knows the replica and both other sentinels: it can vote and
+        has someone to promote."""
+        state = self._sentinel(port).sentinel_master(self.MASTER)
+        return bool(state["num-other-sentinels"] >= 2 and state["num-slaves"] >= 1)
+
+    def master_port(self) -> int | None:
+        """The master's port as a majority of the sentinels report it now."""
+        seen: list[int] = []
+        for port in self.sentinel_ports:
+            with contextlib.suppress(redis.RedisError):
+                seen.append(int(self._sentinel(port).sentinel_get_master_addr_by_name(self.MASTER)[1]))
+        best = max(set(seen), key=seen.count, default=None)
+        return best if best is not None and seen.count(best) >= 2 else None
+
+    def kill_master(self) -> None:
+        """kill -9 of the master: no goodbye to the replica, the sentinels or clients."""
+        self.master.kill()
+
+    def wait_promoted(self, timeout: float = 30.0) -> None:
+        """Until the sentinels name the replica and it answers as a master."""
+
+        def promoted() -> bool:
+            if self.master_port() != self.replica.port:
+                return False
+            role = redis.Redis(port=self.replica.port).info("replication").get("role")
+            return bool(role == "master")
+
+        self._wait(promoted, "replica promoted", timeout)
+
+    def _wait(self, ready: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(redis.RedisError):
+                if ready():
+                    return
+            time.sleep(0.05)
+        # What the sentinels said, to tell a failed election from a slow start.
+        logs = "\n".join(
+            f"--- {log.name}\n" + log.read_text(errors="replace")[-1500:]
+            for log in sorted(self.folder.glob("sentinel*.log"))
+        )
+        raise RuntimeError(f"own sentinels: no {what} in {timeout:g} s\n{logs}")
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            proc.kill()
+            proc.wait(10)
+        self.sentinels.clear()
+        self.replica.kill()
+        self.master.kill()
 
 
 def _pg_bin(name: str) -> str:

@@ -1,0 +1,101 @@
+"""docker-compose.yml's `ha` profile (a Redis master, a replica, three sentinels) and its
+override (ops/ha/compose.ha.yml) hang together. No Docker engine runs here: the files are
+read and checked against each other and against what the code accepts."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dispatcher import config
+from dispatcher.redis_conn import parse_sentinel
+
+ROOT = Path(__file__).parent.parent
+COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+OVERRIDE: dict[str, Any] = yaml.safe_load((ROOT / "ops" / "ha" / "compose.ha.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+HA = {name: spec for name, spec in SERVICES.items() if "ha" in spec.get("profiles", [])}
+SENTINELS = sorted(name for name in HA if name.startswith("sentinel-"))
+
+
+def sentinel_conf() -> list[list[str]]:
+    text = (ROOT / "ops" / "ha" / "sentinel.conf").read_text()
+    return [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def monitored() -> tuple[str, str, int, int]:
+    """(master name, host, port, quorum) of the `sentinel monitor` line."""
+    lines = [words for words in sentinel_conf() if words[:2] == ["sentinel", "monitor"]]
+    assert len(lines) == 1, lines
+    _, _, name, host, port, quorum = lines[0]
+    return name, host, int(port), int(quorum)
+
+
+def test_the_default_stays_one_redis() -> None:
+    # Nothing of the profile starts without --profile ha; the apps' env names one Redis.
+    assert {"redis-master", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"} <= set(HA)
+    assert "profiles" not in SERVICES["redis"]
+    env = (ROOT / "ops" / "smsdispatch.env").read_text()
+    assert re.search(r"^SMSDISPATCH_BROKER_URL=redis://redis:6379/", env, re.M)
+
+
+def test_mounted_files_exist() -> None:
+    for name, spec in HA.items():
+        for volume in spec.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (ROOT / source).is_file(), f"{name} mounts {source}, which is missing"
+            else:
+                assert source in COMPOSE["volumes"], f"{name} uses an undeclared volume {source}"
+
+
+def test_three_sentinels_watch_the_master_service_with_quorum_2() -> None:
+    assert len(SENTINELS) == 3
+    name, host, port, quorum = monitored()
+    assert host == "redis-master" and port == 6379
+    assert quorum == 2  # a majority of three: one isolated sentinel cannot fail over
+    options = {tuple(words[:2]): words[2:] for words in sentinel_conf()}
+    assert options[("sentinel", "resolve-hostnames")] == ["yes"]  # the master is named by service
+    for option in ("down-after-milliseconds", "failover-timeout", "parallel-syncs"):
+        assert options[("sentinel", option)][0] == name
+    for sentinel in SENTINELS:
+        spec = SERVICES[sentinel]
+        # Each runs on a copy of the mounted file, which a sentinel rewrites.
+        script = spec["command"][-1]
+        copied = shlex.split(script)
+        assert copied[:3] == ["cp", "/etc/redis-ha/sentinel.conf", "/data/sentinel.conf"]
+        assert "--sentinel" in copied and "/data/sentinel.conf" in copied[copied.index("exec") :]
+        assert any(v.endswith(":/etc/redis-ha/sentinel.conf:ro") for v in spec["volumes"])
+        assert "healthcheck" in spec
+
+
+def test_the_replica_follows_the_master_and_both_keep_the_brokers_settings() -> None:
+    master, replica = SERVICES["redis-master"]["command"], SERVICES["redis-replica"]["command"]
+    at = replica.index("--replicaof")
+    assert replica[at + 1 : at + 3] == ["redis-master", "6379"]
+    for command in (master, replica):  # as the single redis: durable, never evicting a task
+        assert command[command.index("--appendonly") + 1] == "yes"
+        assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    for spec in HA.values():
+        assert "healthcheck" in spec
+
+
+def test_the_override_points_every_service_at_the_sentinels() -> None:
+    ours = {name for name, spec in SERVICES.items() if "build" in spec and "profiles" not in spec}
+    assert ours <= set(OVERRIDE["services"]), ours - set(OVERRIDE["services"])
+    assert set(OVERRIDE["services"]) <= set(SERVICES)
+    name, _, _, _ = monitored()
+    for service, spec in OVERRIDE["services"].items():
+        url = spec["environment"]["SMSDISPATCH_BROKER_URL"]
+        target = parse_sentinel(url)
+        assert target.master_name == name, service
+        assert sorted(host for host, _ in target.sentinels) == SENTINELS
+        assert all(port == 26379 for _, port in target.sentinels)
+        assert set(spec["depends_on"]) >= set(SENTINELS)
+        # The whole configuration loads with it, as each service would at start-up.
+        settings = config.load(ROOT / "ops" / "smsdispatch.example.toml", env={"SMSDISPATCH_BROKER_URL": url})
+        assert settings.broker_url == url
