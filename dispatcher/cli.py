@@ -158,9 +158,14 @@ def run_api(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     settings = config_mod.get_settings()
     app = create_app(settings)
+    # Behind a proxy that terminates TLS, the console's origin check and its Secure
+    # cookies need the scheme and client address the proxy forwards; uvicorn trusts
+    # those headers only from these addresses (its default: 127.0.0.1, or the
+    # FORWARDED_ALLOW_IPS environment variable).
     uvicorn.run(
-        app, host=args.host or settings.api.host, port=args.port or settings.api.port, log_level="warning"
-    )
+        app, host=args.host or settings.api.host, port=args.port or settings.api.port, log_level="warning",
+        proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips,
+    )  # fmt: skip
     return EXIT_OK
 
 
@@ -168,6 +173,12 @@ def run_api(args: argparse.Namespace) -> int:
 def _api_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help="comma-separated addresses (or *) of the reverse proxies whose X-Forwarded-Proto and"
+        " X-Forwarded-For to trust (default: 127.0.0.1, or $FORWARDED_ALLOW_IPS)",
+    )
 
 
 # -- doctor -------------------------------------------------------------------------

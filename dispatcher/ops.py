@@ -1,9 +1,10 @@
-"""What operators are shown, shared by the CLI and the HTTP API (and the console to
-come): the provider rows of `smsdispatch providers` / `GET /v1/providers`, and the
+"""What operators are shown, shared by the CLI, the HTTP API and the console: the
+provider rows of `smsdispatch providers` / `GET /v1/providers`, and the
 checks of `smsdispatch doctor`. Both interfaces import this; neither imports the other."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,10 +12,14 @@ from typing import Any
 from dispatcher import config as config_mod
 from dispatcher.redact import redact
 
+log = logging.getLogger("smsdispatch.ops")
 
-def provider_rows(settings: config_mod.Settings) -> list[dict[str, Any]]:
+
+def provider_rows(settings: config_mod.Settings, redis_optional: bool = False) -> list[dict[str, Any]]:
     """What operators want per provider instance: routing order, breaker, rate limit,
-    the last known balance and the last error."""
+    the last known balance and the last error. With Redis down this raises (the CLI
+    exits 4: a backend is unreachable), or with ``redis_optional`` gives the ledger's
+    facts with the breaker ``unknown`` (the console, which is how one looks into it)."""
     from sqlalchemy import func, select
 
     from dispatcher.coordination import coordinator_for
@@ -50,12 +55,21 @@ def provider_rows(settings: config_mod.Settings) -> list[dict[str, Any]]:
                     ATTEMPTS.c.outcome.in_(["accepted", "reconciled"]),
                 )
             ).one()
-            breaker = coordinator.breaker_state(pc.name)
+            # Redis down: the ledger's facts still answer, the breaker is "unknown".
+            try:
+                breaker = coordinator.breaker_state(pc.name)
+                state, retry_in, opens = breaker.state, round(breaker.retry_in, 1), breaker.opens
+                attention = coordinator.get_value(f"attention:{pc.name}") or None
+            except Exception as exc:
+                if not redis_optional:
+                    raise
+                log.warning("providers: the coordinator is unreadable: %s", type(exc).__name__)
+                state, retry_in, opens, attention = "unknown", 0.0, 0, None
             rows.append(
                 {
                     "provider": pc.name, "kind": pc.kind, "priority": pc.priority, "enabled": pc.enabled,
-                    "breaker": breaker.state, "breaker_retry_in": round(breaker.retry_in, 1),
-                    "breaker_opens": breaker.opens, "rate_limit": pc.rate_limit or None,
+                    "breaker": state, "breaker_retry_in": retry_in,
+                    "breaker_opens": opens, "rate_limit": pc.rate_limit or None,
                     "balance": reading.amount if reading else None,
                     "credit": reading.credit if reading else None,
                     "currency": reading.currency if reading else None,
@@ -64,7 +78,7 @@ def provider_rows(settings: config_mod.Settings) -> list[dict[str, Any]]:
                     "last_error": (failed.error if failed else None) or (reading.error if reading else None),
                     "last_error_at": failed.finished_at.isoformat() if failed and failed[1] else None,
                     # A refusal of our request or account in the last day (the send path's note).
-                    "attention": coordinator.get_value(f"attention:{pc.name}") or None,
+                    "attention": attention,
                     # Taken in the last 24 h, as the provider reported it.
                     "sent_24h": int(spent[0]), "parts_24h": int(spent[1] or 0),
                     "cost_24h": round(float(spent[2]), 4) if spent[2] is not None else None,
@@ -106,11 +120,19 @@ def doctor_checks(settings: config_mod.Settings) -> list[dict[str, Any]]:
     def broker() -> str:
         if settings.broker_url == "memory://":
             return "in-process (embedded)"
+        from redis.sentinel import MasterNotFoundError
+
         from dispatcher.redis_conn import client_for, is_sentinel, parse_sentinel
 
         client = client_for(settings.broker_url, socket_timeout=2, connect_timeout=2)
         try:
-            client.ping()
+            try:
+                client.ping()
+            except MasterNotFoundError as exc:
+                # redis-py's message goes on with a repr of every sentinel's client.
+                target = parse_sentinel(settings.broker_url)
+                asked = ", ".join(f"{host}:{port}" for host, port in target.sentinels)
+                raise RuntimeError(f"{str(exc).split(' : ', 1)[0]} (asked {asked})") from None
             if not is_sentinel(settings.broker_url):
                 return "redis answers"
             # Which server the sentinels name now: after a failover, the promoted one.

@@ -20,6 +20,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from dispatcher.errors import ConfigError
 
@@ -115,7 +117,14 @@ def transport_options(url: str, socket_timeout: float, connect_timeout: float) -
 def _sentinel_kwargs(target: SentinelTarget, connect_timeout: float) -> dict[str, Any]:
     # Given explicitly, redis-py takes nothing from the master's settings for the
     # sentinels: a sentinel that hangs must cost a short timeout, not the master's.
-    kwargs: dict[str, Any] = {"socket_timeout": connect_timeout, "socket_connect_timeout": connect_timeout}
+    # No retries of their own either: the master's discovery already asks each sentinel
+    # in turn, and redis-py's default (3 retries with backoff, per sentinel) made a
+    # lookup with every sentinel down take over 10 s, past a Prometheus scrape's timeout.
+    kwargs: dict[str, Any] = {
+        "socket_timeout": connect_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "retry": Retry(NoBackoff(), 0),
+    }
     if target.sentinel_password:
         kwargs["password"] = target.sentinel_password
     return kwargs

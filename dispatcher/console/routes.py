@@ -21,6 +21,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from dispatcher.config import Settings
@@ -211,7 +212,12 @@ def router(settings: Settings) -> APIRouter:
         origin = request.headers.get("origin")
         if origin is None or origin == "null":
             return origin is None
-        return origin == f"{request.url.scheme}://{request.url.netloc}"
+        here = f"{request.url.scheme}://{request.url.netloc}"
+        if origin != here:
+            # Most often a TLS-terminating proxy whose X-Forwarded-Proto is not trusted:
+            # `smsdispatch api --forwarded-allow-ips` (docs/console.md).
+            log.warning("console: a form from origin %r, this console is %r", origin[:200], here)
+        return origin == here
 
     class ConsoleRoute(APIRoute):
         """Adds the security headers to every answer and turns a fault into an HTML 500."""
@@ -224,6 +230,13 @@ def router(settings: Settings) -> APIRouter:
                     response = await inner(request)
                 except HTTPException:
                     raise
+                except OperationalError as exc:
+                    # The ledger is down, or a page's SQL ran past stats.STATEMENT_TIMEOUT.
+                    log.warning("console: the ledger did not answer %s: %s", request.url.path,
+                                type(getattr(exc, "orig", None) or exc).__name__)  # fmt: skip
+                    response = render(request, "error.html", 503, title="Ledger unavailable",
+                                      error="The ledger did not answer in time: try again, or see the"
+                                      " database's health (/healthz).")  # fmt: skip
                 except Exception:
                     log.exception("console: internal error answering %s %s", request.method, request.url.path)
                     response = render(request, "error.html", 500, title="Internal error",
@@ -351,15 +364,10 @@ def router(settings: Settings) -> APIRouter:
         from dispatcher.ops import provider_rows
 
         names = [pc.name for pc in settings.providers]
+        rows = provider_rows(settings, redis_optional=True)
         notes = []
-        try:
-            rows = provider_rows(settings)
-        except Exception as exc:
-            log.warning("console: provider rows unavailable", exc_info=True)
-            notes.append(f"Breaker and balance state unavailable ({type(exc).__name__}): is Redis up?")
-            rows = [{"provider": pc.name, "kind": pc.kind, "priority": pc.priority, "enabled": pc.enabled,
-                     "breaker": "unknown", "rate_limit": pc.rate_limit or None}
-                    for pc in settings.providers]  # fmt: skip
+        if any(row["breaker"] == "unknown" for row in rows):
+            notes.append("Breaker state unavailable: the coordinator (Redis) does not answer.")
         figures = stats.provider_stats(settings, names)
         charts = {
             "balance": {**_series(figures.balances, "at", "amount", names), "unit": "balance", "time": True},
@@ -377,7 +385,7 @@ def router(settings: Settings) -> APIRouter:
         from dispatcher.health import queue_depths, worker_health
 
         notes = []
-        embedded = not settings.broker_url.startswith(("redis://", "rediss://"))
+        embedded = settings.broker_url == "memory://"  # as dispatcher.health tells it
         depths: dict[str, int] = {}
         health: dict[str, Any] = {}
         try:

@@ -270,3 +270,65 @@ def test_rates_spend_and_balances(ledger: config.Settings) -> None:
     assert sum(b["readings"] for b in figures.balances) == 11
     assert sum(b["errors"] for b in figures.balances) == 1
     assert len(figures.balances) <= stats.BALANCE_POINTS + 1
+
+
+# -- the console when a backend is down or slow
+
+
+def test_providers_page_answers_with_redis_down(sim: Simulator, tmp_path: Path) -> None:
+    """Breakers live in Redis, the rest in the ledger: with Redis down the page still
+    shows the ledger's figures and says what it cannot show (it once answered 500)."""
+    table = sim_table(sim)
+    table.update({"database_url": f"sqlite:///{tmp_path / 'ledger.db'}",
+                  "broker_url": "redis://127.0.0.1:1/0", "api": {"token": TOKEN}})  # fmt: skip
+    down = config.parse(table)
+    config.set_settings(down)
+    db.dispose_engines()
+    try:
+        client = TestClient(app_for(down))
+        assert log_in(client).status_code == 303
+        page = client.get("/console/providers")
+        assert page.status_code == 200, page.text
+        assert "Breaker state unavailable" in page.text and "prostor" in page.text
+        queues = client.get("/console/queues")
+        assert queues.status_code == 200 and "Embedded worker pool" not in queues.text
+    finally:
+        db.dispose_engines()
+        config.set_settings(None)
+
+
+def test_a_bad_client_or_status_is_refused_for_every_reading(ledger: config.Settings) -> None:
+    # By id the page filters on client and status by hand: a NUL once reached PostgreSQL.
+    client = TestClient(app_for(ledger))
+    assert log_in(client).status_code == 303
+    for query in ("q=ab&by=id&client=%00", "q=ab&by=any&client=%00", "q=ab&by=id&status=%00"):
+        answer = client.get(f"/console?{query}")
+        field = "client" if "client" in query else "status"
+        assert answer.status_code == 422 and field in answer.text, (query, answer.status_code)
+
+
+@pytest.mark.postgres
+def test_a_page_whose_sql_runs_too_long_answers_503(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table another session holds locked stands for any query that runs too long:
+    the page gives up after STATEMENT_TIMEOUT with a 503, never hangs or 500s."""
+    import psycopg
+
+    reset_postgres(PG_URL)
+    db.upgrade(db.make_engine(PG_URL))
+    made = make_settings(sim, PG_URL)
+    config.set_settings(made)
+    db.dispose_engines()
+    monkeypatch.setattr(stats, "STATEMENT_TIMEOUT", 1)
+    holder = psycopg.connect(PG_URL.replace("postgresql+psycopg://", "postgresql://"))
+    try:
+        client = TestClient(app_for(made))
+        assert log_in(client).status_code == 303
+        # messages: the percentiles read it, ops.provider_rows (balances, attempts) does not
+        holder.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+        answer = client.get("/console/providers")
+        assert answer.status_code == 503 and "did not answer in time" in answer.text
+    finally:
+        holder.rollback()
+        holder.close()
+        db.dispose_engines()
+        config.set_settings(None)
