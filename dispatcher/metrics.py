@@ -140,6 +140,15 @@ def count_ends(session: Session, ends: Iterable[tuple[str | None, Status]]) -> N
         count_on_commit(session, MESSAGES_FINAL, tally.items())
 
 
+def declare(providers: Iterable[str]) -> None:
+    """Start every (provider, end status) series at 0. Prometheus takes no increase
+    from a series whose first sample already counts: without this, a provider's first
+    burst of ``unknown`` (or any first end) would never reach ``increase()`` in a rule."""
+    for provider in (*providers, NO_PROVIDER):
+        for status in ENDS:
+            MESSAGES_FINAL.labels(provider, status.value)
+
+
 def observe_call(provider: str, kind: str, outcome: str, seconds: float) -> None:
     """One provider HTTP call: counted by outcome, timed by kind."""
     PROVIDER_CALLS.labels(provider, kind, outcome).inc()

@@ -214,6 +214,9 @@ class _ThisProcess(Collector):
 def api_registry(settings: Any) -> CollectorRegistry:
     """The API's registry: the counters of every process sharing the multiprocess
     directory (or of this process alone), and the gauges read at scrape time."""
+    from dispatcher.metrics import declare
+
+    declare(pc.name for pc in settings.providers)
     registry = CollectorRegistry(auto_describe=False)
     path = multiprocess_dir()
     if path is not None:

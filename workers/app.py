@@ -102,6 +102,7 @@ def _serve_metrics(**_: Any) -> None:
     # of this server, and its counters reach it through the multiprocess directory.
     from dispatcher import metrics
 
+    metrics.declare(pc.name for pc in _load().providers)
     metrics.serve_worker_port()
 
 
