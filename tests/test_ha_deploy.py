@@ -64,22 +64,46 @@ def test_three_sentinels_watch_the_master_service_with_quorum_2() -> None:
         assert options[("sentinel", option)][0] == name
     for sentinel in SENTINELS:
         spec = SERVICES[sentinel]
-        # Each runs on a copy of the mounted file, which a sentinel rewrites.
-        script = spec["command"][-1]
-        copied = shlex.split(script)
-        assert copied[:3] == ["cp", "/etc/redis-ha/sentinel.conf", "/data/sentinel.conf"]
-        assert "--sentinel" in copied and "/data/sentinel.conf" in copied[copied.index("exec") :]
+        assert runs_on_its_copy(spec, "/etc/redis-ha/sentinel.conf", "/data/sentinel.conf")
+        assert "--sentinel" in spec["command"][-1]
         assert any(v.endswith(":/etc/redis-ha/sentinel.conf:ro") for v in spec["volumes"])
         assert "healthcheck" in spec
+    # A volume each: what a sentinel wrote after a failover is its own, and survives it.
+    volumes = [
+        next(v.split(":")[0] for v in SERVICES[s]["volumes"] if v.endswith(":/data")) for s in SENTINELS
+    ]
+    assert len(set(volumes)) == 3 and set(volumes) <= set(COMPOSE["volumes"])
+
+
+def runs_on_its_copy(spec: dict[str, Any], mounted: str, copy: str) -> bool:
+    """The container copies ``mounted`` to ``copy`` only when there is none yet (the
+    sentinels rewrite the copy after a failover; a restart must keep what they wrote)
+    and runs the server on the copy."""
+    assert spec["command"][:2] == ["sh", "-c"]
+    script = spec["command"][-1]
+    guard, run = (part.strip() for part in script.split(";", 1))
+    assert shlex.split(guard) == ["[", "-f", copy, "]", "||", "cp", mounted, copy], guard
+    words = shlex.split(run)
+    return words[:2] == ["exec", "redis-server"] and words[2] == copy
+
+
+def server_conf(name: str) -> dict[str, list[str]]:
+    text = (ROOT / "ops" / "ha" / f"{name}.conf").read_text()
+    return {words[0]: words[1:] for line in text.splitlines()
+            if line.strip() and not line.startswith("#") for words in [line.split()]}  # fmt: skip
 
 
 def test_the_replica_follows_the_master_and_both_keep_the_brokers_settings() -> None:
-    master, replica = SERVICES["redis-master"]["command"], SERVICES["redis-replica"]["command"]
-    at = replica.index("--replicaof")
-    assert replica[at + 1 : at + 3] == ["redis-master", "6379"]
-    for command in (master, replica):  # as the single redis: durable, never evicting a task
-        assert command[command.index("--appendonly") + 1] == "yes"
-        assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+    for name in ("redis-master", "redis-replica"):
+        spec = SERVICES[name]
+        assert runs_on_its_copy(spec, "/etc/redis-ha/redis.conf", "/data/redis.conf"), name
+        assert f"./ops/ha/{name}.conf:/etc/redis-ha/redis.conf:ro" in spec["volumes"]
+        conf = server_conf(name)
+        # As the single redis: durable, never evicting a task.
+        assert conf["appendonly"] == ["yes"] and conf["maxmemory-policy"] == ["noeviction"]
+        assert conf["replica-announce-ip"] == [name] and conf["dir"] == ["/data"]
+    assert server_conf("redis-replica")["replicaof"] == ["redis-master", "6379"]
+    assert "replicaof" not in server_conf("redis-master")
     for spec in HA.values():
         assert "healthcheck" in spec
 

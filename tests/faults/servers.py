@@ -136,7 +136,9 @@ class OwnSentinels:
         """kill -9 of the master: no goodbye to the replica, the sentinels or clients."""
         self.master.kill()
 
-    def wait_promoted(self, timeout: float = 30.0) -> None:
+    # A sentinel whose timer ran late by over 2 s (a loaded 2-core CI machine) enters
+    # TILT mode and acts on nothing for 30 s: the waits allow one TILT on top of an election.
+    def wait_promoted(self, timeout: float = 60.0) -> None:
         """Until the sentinels name the replica and it answers as a master."""
 
         def promoted() -> bool:
@@ -147,15 +149,17 @@ class OwnSentinels:
 
         self._wait(promoted, "replica promoted", timeout)
 
-    def _wait(self, ready: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    def _wait(self, ready: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(redis.RedisError):
                 if ready():
                     return
             time.sleep(0.05)
-        # What the sentinels said, to tell a failed election from a slow start.
-        logs = "\n".join(
+        # What the sentinels said (an election, +tilt), and who is still running, to tell
+        # a failed election from a slow start or a port taken by another process.
+        alive = [proc.poll() is None for proc in self.sentinels]
+        logs = f"sentinels running: {alive}\n" + "\n".join(
             f"--- {log.name}\n" + log.read_text(errors="replace")[-1500:]
             for log in sorted(self.folder.glob("sentinel*.log"))
         )

@@ -79,6 +79,19 @@ def test_dockerfile_entry_points_are_run_by_the_suite() -> None:
         check_command(json.loads(raw))
 
 
+def test_compose_workers_export_where_prometheus_looks() -> None:
+    """Every worker pool serves its counters on the port the scrape job asks each
+    replica of its service for."""
+    services = COMPOSE["services"]
+    scrape = yaml.safe_load((ROOT / "ops" / "prometheus" / "prometheus.yml").read_text())
+    job = next(j for j in scrape["scrape_configs"] if j["job_name"] == "smsdispatch-workers")
+    (lookup,) = job["dns_sd_configs"]
+    workers = sorted(n for n, s in services.items() if "worker" in s.get("command", []))
+    assert sorted(lookup["names"]) == workers
+    for name in workers:
+        assert services[name]["environment"]["SMSDISPATCH_METRICS_PORT"] == str(lookup["port"]), name
+
+
 def test_compose_monitoring_profile_mounts_what_exists() -> None:
     services = COMPOSE["services"]
     for name in ("prometheus", "grafana"):
@@ -90,12 +103,21 @@ def test_compose_monitoring_profile_mounts_what_exists() -> None:
             if source.startswith("./"):
                 assert (ROOT / source).exists(), (name, source)
     # Prometheus reads the mounted config, whose rule files sit beside it.
-    [mount] = services["prometheus"]["volumes"]
-    assert mount.split(":")[:2] == ["./ops/prometheus", "/etc/prometheus/smsdispatch"]
+    mounts = dict(v.split(":")[:2] for v in services["prometheus"]["volumes"])
+    assert mounts["./ops/prometheus"] == "/etc/prometheus/smsdispatch"
+    assert mounts["prometheus-data"] == "/prometheus" and "prometheus-data" in COMPOSE["volumes"]
+    # Neither has a login of its own worth the name: published on this host only, and
+    # Grafana read-only (no admin with a default password).
+    for name in ("prometheus", "grafana"):
+        assert all(port.startswith("127.0.0.1:") for port in services[name]["ports"]), name
     assert "--config.file=/etc/prometheus/smsdispatch/prometheus.yml" in services["prometheus"]["command"]
     prometheus = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     assert prometheus["rule_files"] == ["alerts.yml"] and (PROMETHEUS / "alerts.yml").is_file()
-    assert services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    environment = services["grafana"]["environment"]
+    assert environment["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert environment["GF_AUTH_DISABLE_LOGIN_FORM"] == "true"
+    assert environment["GF_AUTH_BASIC_ENABLED"] == "false"
+    assert not any("PASSWORD" in key for key in environment)
     # Grafana finds its provisioning where it looks, and the dashboards where the
     # dashboard provider says they are.
     grafana = dict(v.split(":")[:2] for v in services["grafana"]["volumes"])
