@@ -67,6 +67,19 @@ class DemoResult:
         return self.__dict__.copy()
 
 
+def use_config(table: dict[str, Any], folder: Path) -> tuple[config.Settings, Path]:
+    """Write ``table`` as the run's configuration file in ``folder``, make it this
+    process's settings, and migrate the fresh ledger it names. Returns both, the file
+    for the processes the run starts."""
+    path = folder / "smsdispatch.toml"
+    path.write_text(config.to_toml(table), encoding="utf-8")
+    settings = config.load(path, env={})
+    config.set_settings(settings)
+    db.dispose_engines()
+    db.get_engine()  # a fresh SQLite file: migrated on first use
+    return settings, path
+
+
 def demo_table(sim: Simulator, db_url: str, broker_url: str) -> dict[str, Any]:
     table = sim.settings_table()
     for provider in table["providers"].values():
@@ -274,12 +287,7 @@ def run(
             server.state.timing.sent_after = 0.3
             server.state.timing.final_after = 1.2
         table = demo_table(sim, db_url, broker if mode == "celery" and broker else "memory://")
-        config_path = folder / "smsdispatch.toml"
-        config_path.write_text(config.to_toml(table), encoding="utf-8")
-        settings = config.load(config_path, env={})
-        config.set_settings(settings)
-        db.dispose_engines()
-        db.get_engine()  # a fresh SQLite file: migrated on first use
+        settings, config_path = use_config(table, folder)
         kinds = [p.name for p in settings.providers]
         from dispatcher.simulator.receiver import Receiver
 

@@ -138,12 +138,7 @@ def console_scene(folder: Path, messages: int = 300, seed: int = 7, timeout: flo
         table["api"] = {"token": TOKEN}
         table["pipeline"]["breaker_cooldown"] = 3600.0  # down for as long as the pages are looked at
         table["polling"]["balance_interval"] = 0.5
-        config_path = folder / "smsdispatch.toml"
-        config_path.write_text(config.to_toml(table), encoding="utf-8")
-        settings = config.load(config_path, env={})
-        config.set_settings(settings)
-        db.dispose_engines()
-        db.get_engine()  # a fresh SQLite file: migrated on first use
+        settings, _ = demo.use_config(table, folder)
         coordinator_for(settings.broker_url).reset()
 
         from dispatcher.clients import create_client
