@@ -275,12 +275,16 @@ def test_rates_spend_and_balances(ledger: config.Settings) -> None:
 # -- the console when a backend is down or slow
 
 
-def test_providers_page_answers_with_redis_down(sim: Simulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "broker", ["redis://127.0.0.1:1/0", "sentinel://127.0.0.1:1;sentinel://127.0.0.1:2?master_name=smsd"]
+)
+def test_providers_page_answers_with_redis_down(sim: Simulator, tmp_path: Path, broker: str) -> None:
     """Breakers live in Redis, the rest in the ledger: with Redis down the page still
-    shows the ledger's figures and says what it cannot show (it once answered 500)."""
+    shows the ledger's figures and says what it cannot show (it once answered 500). A
+    sentinel broker is a broker too: the queues page once called it embedded."""
     table = sim_table(sim)
     table.update({"database_url": f"sqlite:///{tmp_path / 'ledger.db'}",
-                  "broker_url": "redis://127.0.0.1:1/0", "api": {"token": TOKEN}})  # fmt: skip
+                  "broker_url": broker, "api": {"token": TOKEN}})  # fmt: skip
     down = config.parse(table)
     config.set_settings(down)
     db.dispose_engines()
