@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,7 +62,7 @@ def make_engine(url: str) -> Engine:
             # "begin" hook below decides how a transaction starts.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            _journal_in_wal(cur, busy)
             cur.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
@@ -74,6 +76,25 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql"):
         return create_engine(url, pool_pre_ping=True, pool_size=_pool_size, max_overflow=5)
     raise ConfigError("database_url", f"unsupported database URL {url!r}")
+
+
+def _journal_in_wal(cur: Any, patience: float) -> None:
+    # A ledger file so new that another process is still writing its first
+    # transaction is in rollback mode, and switching it to WAL then fails at once with
+    # "database is locked": SQLite skips the busy handler where waiting could deadlock
+    # (sqlite3_busy_handler). Two worker children opening a fresh ledger together hit
+    # it. It lasts until that transaction commits, so it is waited out here.
+    deadline = time.monotonic() + patience
+    pause = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def get_engine(url: str | None = None) -> Engine:

@@ -151,3 +151,39 @@ def test_bulk_writes_touch_only_rows_still_in_the_expected_status(any_stack: Sta
             assert [e["new_status"] for e in message["events"]][-1] == "failed"
             # The call's own record stays true to what the provider said.
             assert attempt["outcome"] == "accepted" and attempt["finished_at"] is not None
+
+
+def test_a_fresh_sqlite_ledger_opened_while_another_process_writes_its_first_transaction(
+    tmp_path: Any,
+) -> None:
+    """Two worker children opening a new ledger together: the second one's switch to
+    WAL came while the first still wrote the file's first transaction (in rollback
+    mode), and SQLite said "database is locked" at once, without waiting (CI saw a
+    send task fail so). It now waits until the file is in WAL and goes on."""
+    import sqlite3
+    import time
+
+    path = tmp_path / "ledger.db"
+    first = sqlite3.connect(path, isolation_level=None)
+    first.execute("BEGIN IMMEDIATE")
+    first.execute("CREATE TABLE first_writer (x)")
+    opened: list[str] = []
+
+    def open_ledger() -> None:
+        engine = db.make_engine(f"sqlite:///{path}")
+        try:
+            with engine.connect() as conn:
+                opened.append(str(conn.exec_driver_sql("PRAGMA journal_mode").scalar()))
+        except Exception as exc:  # reported below, with what it said
+            opened.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            engine.dispose()
+
+    second = threading.Thread(target=open_ledger)
+    second.start()
+    time.sleep(0.5)
+    assert opened == []  # it waits for the first writer rather than failing
+    first.execute("COMMIT")
+    second.join(10)
+    first.close()
+    assert opened == ["wal"]
