@@ -73,6 +73,7 @@ class Stack:
         self.logs: list[Path] = []
         self.config_path = tmp / "smsdispatch.toml"
         self.table: dict[str, Any] = {}
+        self.broker_cleared = False
 
     def configure(self, providers: Iterable[str] | None = None, pipeline: dict[str, Any] | None = None,
                   polling: dict[str, Any] | None = None, sections: dict[str, Any] | None = None,
@@ -108,7 +109,19 @@ class Stack:
             reset_postgres(self.db_url)
             db.upgrade(db.make_engine(self.db_url))
         coordinator_for(self.redis_url).reset()
+        if not self.broker_cleared:
+            self.clear_broker()
         return settings
+
+    def clear_broker(self) -> None:
+        """Drop the tasks an earlier test left on the shared broker: a test that queues
+        and never starts a worker, a task unacked when its worker was killed. This
+        stack's workers would otherwise run them against a ledger that never had those
+        messages (CI once saw a stale send open a fresh ledger in a race)."""
+        stale = [*self.redis.scan_iter("sms.*"), *self.redis.scan_iter("unacked*")]
+        if stale:
+            self.redis.delete(*stale)
+        self.broker_cleared = True
 
     def start_worker(self, queues: str = "sms.high,sms.bulk,sms.control,sms.poll", concurrency: int = 2,
                      beat: bool = False, loglevel: str = "info") -> subprocess.Popen[bytes]:  # fmt: skip
