@@ -9,12 +9,14 @@ their own queues, so a pool that serves only ``sms.high`` is never behind a bulk
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import redis.exceptions
 from celery import Celery
+from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
 from kombu.entity import Queue
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
@@ -35,6 +37,12 @@ app = Celery("smsdispatch", include=["workers.tasks"])
 # The broker's socket timeouts under Sentinel, seconds (see _sentinel_transport).
 SOCKET_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 3.0
+# What _sentinel_failover sets: Sentinel's values, or Celery's defaults on any other URL.
+FAILOVER_SETTINGS = (
+    "broker_channel_error_retry",
+    "broker_connection_max_retries",
+    "task_publish_retry_policy",
+)
 
 
 class SentinelChannel(kombu_redis.SentinelChannel):
@@ -128,29 +136,18 @@ def configure(settings: Settings) -> Celery:
 
 
 def _sentinel_transport(url: str) -> dict[str, Any]:
-    """kombu's transport options for a sentinel URL ({} for any other)."""
-    options = transport_options(url, socket_timeout=SOCKET_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
-    if options:
-        # Bounded socket waits. A promoted replica is found only when a command on the
-        # old master's connection fails; a master that vanished without closing its
-        # sockets (a host down, a partition) would leave a publish or an ack waiting
-        # for ever. BRPOP polls for 1 s, well inside this.
-        options.update(socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT)
-    return options
+    """kombu's transport options for a sentinel URL ({} for any other), with bounded
+    socket waits on the master (BRPOP polls for 1 s, well inside SOCKET_TIMEOUT)."""
+    return transport_options(url, socket_timeout=SOCKET_TIMEOUT, connect_timeout=CONNECT_TIMEOUT)
 
 
 def _sentinel_failover(url: str) -> dict[str, Any]:
     """Celery settings that carry workers, beat and producers across a failover."""
     if not is_sentinel(url):
-        # Celery's defaults, spelled out: the app may be configured again with
-        # another URL in one process (tests, the demo).
-        return {
-            "broker_channel_error_retry": False,
-            "broker_connection_max_retries": 100,
-            "task_publish_retry_policy": {
-                "max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 1,
-            },
-        }  # fmt: skip
+        # Celery's own defaults, set again: the app may be configured again with
+        # another URL in one process (tests, the demo). Read from Celery, so that an
+        # upgrade that changes them is followed.
+        return {key: copy.deepcopy(CELERY_DEFAULTS[key]) for key in FAILOVER_SETTINGS}
     return {
         # A connection to a demoted master answers READONLY; redis-py turns that into a
         # connection error on a master pool, and this makes Celery redial on a channel

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -288,21 +289,18 @@ class RedisCoordinator(Coordinator):
         # SET, and the replica has the key) can be recognised as ours when Redis is
         # back, rather than holding the lock for its whole TTL with nobody to free it.
         token = uuid.uuid4().hex
-        deadline = time.monotonic() + LOCK_PATIENCE
-        while True:
-            try:
-                if lock.acquire(token=token):
-                    return _RedisLease(lock)
-                held: Any = self.client.get(key)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.25)
-                continue
-            if held is not None and held == token.encode():
-                lock.local.token = held
-                return _RedisLease(lock)
-            return None
+
+        def attempt(retry: bool) -> bool:
+            if lock.acquire(token=token):
+                return True
+            # Held. A fresh token can be in the key only when an earlier try of this
+            # loop failed on the connection after Redis took its SET: ask only then.
+            if retry and self.client.get(key) == token.encode():
+                lock.local.token = token.encode()
+                return True
+            return False
+
+        return _RedisLease(lock) if _patiently(attempt) else None
 
     def set_value(self, name: str, value: str, ttl: float | None = None) -> None:
         self.client.set(f"{PREFIX}value:{name}", value, px=None if ttl is None else max(1, int(ttl * 1000)))
@@ -336,18 +334,37 @@ class _RedisLease(Lease):
         if token is None:
             return False
         self.lock.local.token = None
-        deadline = time.monotonic() + LOCK_PATIENCE
-        while True:
+
+        def attempt(retry: bool) -> bool:
             try:
                 self.lock.do_release(token)
-            except redis.exceptions.LockError:  # LockNotOwnedError included: it expired
-                return False
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.25)
-                continue
+            except redis.exceptions.LockNotOwnedError:
+                # Not ours. On the first try: it expired (someone else may hold it now).
+                # On a retry, the try before most likely freed it and only its reply was
+                # lost: freed by us, not overrun. (An expiry in between cannot be told
+                # apart from that; it would cost no more than the holder's warning.)
+                return retry
             return True
+
+        return _patiently(attempt)
+
+
+def _patiently(attempt: Callable[[bool], bool]) -> bool:
+    """``attempt(retry)`` until Redis answers: on a connection error or a timeout (a
+    Sentinel failover: the master noticed down, a replica elected and promoted) it is
+    tried again every 0.25 s, for LOCK_PATIENCE seconds, then the error is raised.
+    ``retry`` tells the attempt that an earlier one failed on the connection, and so
+    may have been carried out by Redis with only its reply lost."""
+    deadline = time.monotonic() + LOCK_PATIENCE
+    retry = False
+    while True:
+        try:
+            return attempt(retry)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            retry = True
+            time.sleep(0.25)
 
 
 def _state_of(now: float, open_until: float, failures: int, opens: int) -> BreakerState:

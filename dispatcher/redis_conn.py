@@ -6,7 +6,8 @@ forms the broker and the coordinator store accept.
   Redis Sentinel. Celery's own form (the sentinels separated by ``;``), plus a query on
   any one part carrying ``master_name`` (required) and ``sentinel_password`` (the
   sentinels' own ``requirepass``, when they have one). The password before ``@`` is
-  the master's, as kombu reads it.
+  the master's, as kombu reads it: on the first part only, like the database (a
+  later part with either is refused, since kombu would ignore it).
 
 Everything a process needs is in the one string, so ``SMSDISPATCH_BROKER_URL`` alone
 moves a deployment onto Sentinel, and every module that is handed
@@ -48,9 +49,9 @@ def is_sentinel(url: str) -> bool:
 
 def parse_sentinel(url: str, key: str = "broker_url") -> SentinelTarget:
     """Read a ``sentinel://...;sentinel://...?master_name=NAME`` URL. A missing master
-    name, a part that is not ``sentinel://host[:port]`` or an unknown option is a
-    ``ConfigError`` naming ``key`` (the value itself is never echoed: it may hold a
-    password)."""
+    name, a part that is not ``sentinel://host[:port]``, a password or database on any
+    part but the first, or an unknown option is a ``ConfigError`` naming ``key`` (the
+    value itself is never echoed: it may hold a password)."""
     hosts: list[tuple[str, int]] = []
     options: dict[str, str] = {}
     username = password = None
@@ -64,14 +65,25 @@ def parse_sentinel(url: str, key: str = "broker_url") -> SentinelTarget:
         except ValueError as exc:
             raise ConfigError(key, f"sentinel {n + 1}: bad port: {exc}") from None
         hosts.append((parts.hostname, port))
-        if parts.password is not None and password is None:
-            username = unquote(parts.username) if parts.username else None
-            password = unquote(parts.password)
         path = parts.path.strip("/")
-        if path:
-            if not path.isdigit():
-                raise ConfigError(key, f"sentinel {n + 1}: the path is a database number, got /{path}")
-            db = int(path)
+        if path and not path.isdigit():
+            raise ConfigError(key, f"sentinel {n + 1}: the path is a database number, got /{path}")
+        if n == 0:
+            if parts.password is not None:
+                username = unquote(parts.username) if parts.username else None
+                password = unquote(parts.password)
+            db = int(path) if path else 0
+        elif parts.username is not None or parts.password is not None or path:
+            # kombu takes the user, the password and the database (its virtual host)
+            # from the first part alone and only host:port from the others: a later
+            # part's would be ours and not Celery's (the broker on db 0 without a
+            # password, the coordinator on another db with one).
+            raise ConfigError(
+                key,
+                f"sentinel {n + 1}: the master's user, password and database go on the first"
+                " sentinel only (sentinel://:PASSWORD@host:26379/DB;sentinel://host2:26379;...),"
+                " as Celery reads them from the first alone",
+            )
         for name, values in parse_qs(parts.query, keep_blank_values=True).items():
             if name not in SENTINEL_OPTIONS:
                 raise ConfigError(
@@ -107,11 +119,21 @@ def celery_url(url: str) -> str:
 
 def transport_options(url: str, socket_timeout: float, connect_timeout: float) -> dict[str, Any]:
     """kombu's ``broker_transport_options`` a sentinel URL needs (``{}`` otherwise):
-    the master's name, and the sentinels' own connection settings."""
+    the master's name, the bounded socket waits on the master, and the sentinels' own
+    connection settings."""
     if not is_sentinel(url):
         return {}
     target = parse_sentinel(url)
-    return {"master_name": target.master_name, "sentinel_kwargs": _sentinel_kwargs(target, connect_timeout)}
+    return {
+        "master_name": target.master_name,
+        # Bounded socket waits. A promoted replica is found only when a command on the
+        # old master's connection fails; a master that vanished without closing its
+        # sockets (a host down, a partition) would leave a publish or an ack waiting
+        # for ever.
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "sentinel_kwargs": _sentinel_kwargs(target, connect_timeout),
+    }
 
 
 def _sentinel_kwargs(target: SentinelTarget, connect_timeout: float) -> dict[str, Any]:

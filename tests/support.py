@@ -11,11 +11,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import redis
 from sqlalchemy import create_engine, text
 
 from dispatcher import config, db
 from dispatcher.models import utcnow
+from dispatcher.redis_conn import client_for
 from dispatcher.simulator.core import Simulator
 from tests.conftest import sim_table
 from tests.host_commands import WORKER, host_argv
@@ -68,7 +68,9 @@ class Stack:
         self.database = database
         self.db_url = db_url or (f"sqlite:///{tmp / 'ledger.db'}" if database == "sqlite" else PG_URL)
         self.redis_url = redis_url
-        self.redis = redis.Redis.from_url(redis_url)
+        # Any URL the stack can run on, a sentinel one included (a client of the
+        # current master, found again after a failover).
+        self.redis = client_for(redis_url)
         self.workers: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
         self.config_path = tmp / "smsdispatch.toml"

@@ -4,11 +4,14 @@ read and checked against each other and against what the code accepts."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from dispatcher import config
@@ -123,3 +126,35 @@ def test_the_override_points_every_service_at_the_sentinels() -> None:
         # The whole configuration loads with it, as each service would at start-up.
         settings = config.load(ROOT / "ops" / "smsdispatch.example.toml", env={"SMSDISPATCH_BROKER_URL": url})
         assert settings.broker_url == url
+
+
+@pytest.mark.parametrize(
+    ("stdout", "code", "healthy"),
+    [
+        ("redis-master\n6379\n", 0, True),
+        ("\n", 0, False),  # nil: this sentinel knows of no master (yet)
+        ("ERR unknown master\n", 0, False),
+        ("NOAUTH Authentication required.\n", 1, False),
+        ("", 1, False),  # Could not connect (on stderr)
+    ],
+)
+def test_a_sentinel_is_healthy_only_when_it_names_the_master(
+    stdout: str, code: int, healthy: bool, tmp_path: Path
+) -> None:
+    """The healthcheck runs as compose runs it (``sh -c``), on a stand-in redis-cli
+    that prints a given reply and records its arguments."""
+    name, _, _, _ = monitored()
+    fake = tmp_path / "redis-cli"
+    (tmp_path / "reply").write_text(stdout)
+    fake.write_text(f'#!/bin/sh\necho "$*" > {tmp_path}/args\ncat {tmp_path}/reply\nexit {code}\n')
+    fake.chmod(0o755)
+    for sentinel in SENTINELS:
+        test = SERVICES[sentinel]["healthcheck"]["test"]
+        assert test[0] == "CMD-SHELL" and len(test) == 2, test
+        script = test[1].replace("$$", "$")  # compose's escape of $
+        env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+        ran = subprocess.run(["sh", "-c", script], env=env, capture_output=True, timeout=10)
+        assert (ran.returncode == 0) is healthy, (sentinel, stdout, ran)
+        assert (tmp_path / "args").read_text().split() == [
+            "-p", "26379", "--raw", "sentinel", "get-master-addr-by-name", name,
+        ]  # fmt: skip

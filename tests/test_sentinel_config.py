@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
 
 from dispatcher import broker, config
 from dispatcher.errors import ConfigError
@@ -54,6 +55,12 @@ def test_passwords_and_database() -> None:
         ("sentinel://h1/db0?master_name=m", "the path is a database number"),
         ("sentinel://h1?master=m", "unknown sentinel option 'master'"),
         ("sentinel://h1?master_name=a;sentinel://h2?master_name=b", "'master_name' given twice"),
+        # kombu reads the master's credentials and database from the first part alone.
+        ("sentinel://h1:26379;sentinel://:pw@h2:26379/4?master_name=m", "sentinel 2: the master's user"),
+        ("sentinel://h1;sentinel://:pw@h2?master_name=m", "on the first sentinel only"),
+        ("sentinel://h1;sentinel://h2/4?master_name=m", "on the first sentinel only"),
+        ("sentinel://:pw@h1;sentinel://u:pw@h2;sentinel://h3?master_name=m", "sentinel 2: the master's user"),
+        ("sentinel://h1/db0?master_name=m;sentinel://h2", "the path is a database number"),
     ],
 )
 def test_a_bad_sentinel_url_is_a_config_error_naming_the_field(url: str, reason: str, tmp_path: Path) -> None:
@@ -61,6 +68,16 @@ def test_a_bad_sentinel_url_is_a_config_error_naming_the_field(url: str, reason:
         load(url, tmp_path)
     assert caught.value.key == "broker_url"
     assert reason in caught.value.reason
+
+
+def test_only_the_first_part_carries_the_masters_password_and_database() -> None:
+    """As kombu reads them: Celery's broker and our coordinator on the same db with the
+    same password."""
+    target = parse_sentinel("sentinel://user:pw@h1:26379/7;sentinel://h2;sentinel://h3?master_name=m")
+    assert (target.username, target.password, target.db) == ("user", "pw", 7)
+    with pytest.raises(ConfigError) as caught:
+        parse_sentinel("sentinel://h1:26379;sentinel://:pw@h2:26379/4?master_name=m")
+    assert caught.value.key == "broker_url" and "pw" not in caught.value.reason
 
 
 def test_the_environment_override_is_checked_too() -> None:
@@ -75,6 +92,10 @@ def test_passwords_are_registered_for_redaction(tmp_path: Path) -> None:
     load(url, tmp_path)
     out = redact(f"connecting to {url} failed; sentinel said the-sentinel-secret")
     assert "the-master-secret" not in out and "the-sentinel-secret" not in out and MASK in out
+    # Bare, outside the URL's user info (which a pattern masks anyway): only a
+    # registered secret is found there.
+    out = redact("AUTH failed for the-master-secret and the-sentinel-secret")
+    assert out == f"AUTH failed for {MASK} and {MASK}"
 
 
 def test_what_celery_gets() -> None:
@@ -86,6 +107,8 @@ def test_what_celery_gets() -> None:
     assert options["master_name"] == "smsd"
     assert options["sentinel_kwargs"]["password"] == "sentinel-pa55word"
     assert options["sentinel_kwargs"]["socket_timeout"] == 3
+    # The master's socket waits, from the arguments (kombu hands them to its pool).
+    assert (options["socket_timeout"], options["socket_connect_timeout"]) == (10, 3)
     assert transport_options("redis://h:1/2", 10, 3) == {}
     assert is_redis(url) and is_redis("rediss://h") and not is_redis("memory://")
 
@@ -107,6 +130,7 @@ def test_the_app_is_configured_for_failover(tmp_path: Path) -> None:
     options = app.conf.broker_transport_options
     assert options["master_name"] == "smsd"
     assert options["socket_timeout"] == broker.SOCKET_TIMEOUT
+    assert options["socket_connect_timeout"] == broker.CONNECT_TIMEOUT
     assert options["visibility_timeout"] == settings.pipeline.visibility_timeout  # kept
     assert app.conf.broker_channel_error_retry is True
     assert app.conf.broker_connection_max_retries is None
@@ -116,6 +140,11 @@ def test_the_app_is_configured_for_failover(tmp_path: Path) -> None:
     assert "master_name" not in app.conf.broker_transport_options
     assert app.conf.broker_connection_max_retries == 100
     assert app.conf.task_publish_retry_policy["max_retries"] == 3
+    # Celery's own defaults, read from Celery (a copy: never its table itself).
+    for key in broker.FAILOVER_SETTINGS:
+        assert app.conf[key] == CELERY_DEFAULTS[key], key
+    assert app.conf.broker_channel_error_retry is False
+    assert app.conf.task_publish_retry_policy is not CELERY_DEFAULTS["task_publish_retry_policy"]
 
 
 def test_a_plain_url_gives_a_plain_client() -> None:

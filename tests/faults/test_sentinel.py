@@ -46,11 +46,7 @@ def ha(sim: Simulator, tmp_path: Path) -> Iterator[tuple[Stack, OwnSentinels]]:
     try:
         group.start()
         postgres.start()
-        # Stack opens a plain client of the URL it is given: give it the master's, then
-        # point it at the group, which is what the config it writes will name.
-        stack = Stack(sim, tmp_path, "postgres", redis_url=group.master.url, db_url=postgres.url)
-        stack.redis_url = group.url
-        stack.redis = client_for(group.url)
+        stack = Stack(sim, tmp_path, "postgres", redis_url=group.url, db_url=postgres.url)
         try:
             yield stack, group
         finally:
@@ -285,3 +281,45 @@ def test_a_consumer_closed_during_the_election_does_not_crash(
     # The task is still in the unacked hash: restored after the visibility timeout.
     group.wait_promoted()
     assert client_for(group.url).hexists("unacked", taken[0].delivery_tag)
+
+
+def test_a_lock_whose_replies_are_lost_is_taken_and_freed_once(
+    group: OwnSentinels, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The master carries out a lock's SET and its release, and each reply is lost on
+    the way back (the connection dropped: a master dying, a partition). The try again
+    finds the lock taken by its own token and holds it, and the release tried again
+    finds it already freed and answers True: no lock held with nobody to free it, and
+    no false "ran past its run lock" for the holder (workers/tasks._done)."""
+    from dispatcher import coordination
+
+    coordinator = coordination.RedisCoordinator(group.url)
+    client = coordinator.client
+    key = f"{coordination.PREFIX}lock:lost-reply"
+    client.delete(key)
+    lose = {"SET", "EVALSHA"}  # the next reply of each is lost, once
+    lost: list[str] = []
+    original = client.parse_response
+
+    def lossy(connection: Any, command_name: str, **options: Any) -> Any:
+        reply = original(connection, command_name, **options)  # carried out and answered
+        if command_name in lose:
+            lose.discard(command_name)
+            lost.append(command_name)
+            raise redis.exceptions.ConnectionError(f"the reply to {command_name} was lost")
+        return reply
+
+    monkeypatch.setattr(client, "parse_response", lossy)
+    lease = coordinator.acquire_lock("lost-reply", ttl=60)
+    assert lost == ["SET"]
+    assert lease is not None, "the lock its own lost SET took was left held by nobody"
+    assert coordinator.acquire_lock("lost-reply", ttl=60) is None  # ours: held
+    assert lease.release() is True  # freed by the try whose reply was lost
+    assert lost == ["SET", "EVALSHA"]
+    assert client.get(key) is None
+    # Without a lost reply, a lock someone else took is still refused, and a release
+    # of a lock that expired still answers False.
+    other = coordinator.acquire_lock("lost-reply", ttl=0.2)
+    assert other is not None and coordinator.acquire_lock("lost-reply", ttl=60) is None
+    time.sleep(0.4)
+    assert other.release() is False
