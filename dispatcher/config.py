@@ -672,7 +672,7 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     if is_sentinel(settings.broker_url):
         # Several sentinels in one string (Celery's form): each part is checked, and
         # the master's name must be there (redis_conn.parse_sentinel).
-        target = parse_sentinel(settings.broker_url, "broker_url")
+        target = parse_sentinel(settings.broker_url)
         register_secret(target.password)
         register_secret(target.sentinel_password)
     elif settings.broker_url != "memory://":  # the embedded runner's in-process queue

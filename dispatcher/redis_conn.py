@@ -47,10 +47,13 @@ def is_sentinel(url: str) -> bool:
     return url.startswith("sentinel://")
 
 
-def parse_sentinel(url: str, key: str = "broker_url") -> SentinelTarget:
+_KEY = "broker_url"  # the one setting a sentinel URL is read from
+
+
+def parse_sentinel(url: str) -> SentinelTarget:
     """Read a ``sentinel://...;sentinel://...?master_name=NAME`` URL. A missing master
     name, a part that is not ``sentinel://host[:port]``, a password or database on any
-    part but the first, or an unknown option is a ``ConfigError`` naming ``key`` (the
+    part but the first, or an unknown option is a ``ConfigError`` naming ``broker_url`` (the
     value itself is never echoed: it may hold a password)."""
     hosts: list[tuple[str, int]] = []
     options: dict[str, str] = {}
@@ -59,15 +62,17 @@ def parse_sentinel(url: str, key: str = "broker_url") -> SentinelTarget:
     for n, part in enumerate(url.split(";")):
         parts = urlsplit(part.strip())
         if parts.scheme != "sentinel" or not parts.hostname:
-            raise ConfigError(key, f"sentinel {n + 1}: expected sentinel://host[:port], each sentinel by ';'")
+            raise ConfigError(
+                _KEY, f"sentinel {n + 1}: expected sentinel://host[:port], each sentinel by ';'"
+            )
         try:
             port = parts.port or SENTINEL_PORT
         except ValueError as exc:
-            raise ConfigError(key, f"sentinel {n + 1}: bad port: {exc}") from None
+            raise ConfigError(_KEY, f"sentinel {n + 1}: bad port: {exc}") from None
         hosts.append((parts.hostname, port))
         path = parts.path.strip("/")
         if path and not path.isdigit():
-            raise ConfigError(key, f"sentinel {n + 1}: the path is a database number, got /{path}")
+            raise ConfigError(_KEY, f"sentinel {n + 1}: the path is a database number, got /{path}")
         if n == 0:
             if parts.password is not None:
                 username = unquote(parts.username) if parts.username else None
@@ -79,7 +84,7 @@ def parse_sentinel(url: str, key: str = "broker_url") -> SentinelTarget:
             # part's would be ours and not Celery's (the broker on db 0 without a
             # password, the coordinator on another db with one).
             raise ConfigError(
-                key,
+                _KEY,
                 f"sentinel {n + 1}: the master's user, password and database go on the first"
                 " sentinel only (sentinel://:PASSWORD@host:26379/DB;sentinel://host2:26379;...),"
                 " as Celery reads them from the first alone",
@@ -87,15 +92,15 @@ def parse_sentinel(url: str, key: str = "broker_url") -> SentinelTarget:
         for name, values in parse_qs(parts.query, keep_blank_values=True).items():
             if name not in SENTINEL_OPTIONS:
                 raise ConfigError(
-                    key, f"unknown sentinel option {name!r} (known: {', '.join(SENTINEL_OPTIONS)})"
+                    _KEY, f"unknown sentinel option {name!r} (known: {', '.join(SENTINEL_OPTIONS)})"
                 )
             if name in options or len(values) > 1:
-                raise ConfigError(key, f"sentinel option {name!r} given twice")
+                raise ConfigError(_KEY, f"sentinel option {name!r} given twice")
             options[name] = values[0]
     master = options.get("master_name", "").strip()
     if not master:
         raise ConfigError(
-            key,
+            _KEY,
             "a sentinel:// URL needs the master's name: add ?master_name=NAME"
             " (the name the sentinels monitor, `sentinel monitor NAME host port quorum`)",
         )
