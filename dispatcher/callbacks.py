@@ -46,6 +46,7 @@ elsewhere by then). Redirects are never followed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -180,16 +181,18 @@ def check_task_name(name: str, field: str) -> str:
     return name
 
 
-def _public_url(url: str | None) -> str | None:
-    """``url`` without its query and fragment (they may carry a token) nor user info."""
+def public_url(url: str | None, *, mark: bool = False) -> str | None:
+    """``url`` without its query and fragment (they may carry a token) nor user info.
+    With ``mark``, ``?…`` says a query or fragment was there (the console shows it)."""
     if not url:
         return url
     try:
         parts = urlsplit(url)
         netloc = parts.netloc.rsplit("@", 1)[-1]
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        shown = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     except ValueError:
         return "(unparsable URL)"
+    return shown + "?…" if mark and (parts.query or parts.fragment) else shown
 
 
 # -- signatures --------------------------------------------------------------------
@@ -422,7 +425,7 @@ def _short(text: str, url: str | None) -> str:
     """An error for ``last_error`` and the log: the URL's query left out wherever it
     shows (urllib3 names only the path and query), then redacted, then cut short."""
     if url:
-        text = text.replace(url, _public_url(url) or "")
+        text = text.replace(url, public_url(url) or "")
         try:
             query = urlsplit(url).query
         except ValueError:
@@ -500,7 +503,7 @@ def _post(
             head = b""
         said = head.decode("utf-8", "replace").strip()[:_ERROR_CHARS]
         if 300 <= status < 400:
-            where = _public_url(response.headers.get("Location"))
+            where = public_url(response.headers.get("Location"))
             return False, _short(f"HTTP {status}: redirects are not followed (to {where})", url), False
         return False, _short(f"HTTP {status}: {said}" if said else f"HTTP {status}", url), status == 410
     finally:
@@ -542,7 +545,6 @@ def _write_back(settings: Settings, items: Sequence[_Item],
                 outcomes: Sequence[tuple[bool, str | None, bool]]) -> dict[str, int]:  # fmt: skip
     cfg = settings.callbacks
     c = CALLBACKS
-    counts = {"delivered": 0, "retry": 0, "failed": 0}
     now = utcnow()
     delivered = [i.id for i, (ok, _, _) in zip(items, outcomes, strict=True) if ok]
     changes: list[tuple[_Item, dict[str, Any]]] = []
@@ -561,7 +563,7 @@ def _write_back(settings: Settings, items: Sequence[_Item],
             delay = min(cfg.backoff_base * 2**item.tries, cfg.backoff_cap) * random.uniform(0.8, 1.2)
             values["next_at"] = now + timedelta(seconds=delay)
         changes.append((item, values))
-        where = _public_url(item.url) or f"task {item.task}"
+        where = public_url(item.url) or f"task {item.task}"
         n, given_up, _ = failing.get(where, (0, 0, ""))
         failing[where] = (n + 1, given_up + (values.get("state") == FAILED), error or "")
     # One line per endpoint and run: a receiver that is down must not flood the log.
@@ -569,15 +571,17 @@ def _write_back(settings: Settings, items: Sequence[_Item],
         log.warning("callbacks to %s: %d not delivered in this run (%d given up), last: %s",
                     where, n, given_up, error)  # fmt: skip
 
-    def write() -> None:
-        # Counted afresh by each try: a write retried after an outage counts once.
-        counts["retry"] = counts["failed"] = 0
+    def write() -> dict[str, int]:
+        # Counted by each try in its own tally, and in the metric once its transaction
+        # commits: a write retried after an outage counts once.
+        changed = {"delivered": 0, "retry": 0, "failed": 0}
         with db.session_scope(settings.database_url) as session:
             if delivered:
                 # Delivered is delivered, even if our lease ran out and another run
                 # holds it now: that run's write-back then finds it no longer pending.
-                session.execute(update(c).where(c.c.id.in_(delivered), c.c.state == PENDING)
-                                .values(state=DELIVERED, delivered_at=now, next_at=now))  # fmt: skip
+                result = session.execute(update(c).where(c.c.id.in_(delivered), c.c.state == PENDING)
+                                         .values(state=DELIVERED, delivered_at=now, next_at=now))  # fmt: skip
+                changed["delivered"] = result.rowcount  # type: ignore[attr-defined]
             for item, values in changes:
                 # Only while it is still our lease: a run that took it over owns it.
                 result = session.execute(
@@ -585,14 +589,16 @@ def _write_back(settings: Settings, items: Sequence[_Item],
                     .values(**values)
                 )  # fmt: skip
                 if result.rowcount == 1:  # type: ignore[attr-defined]
-                    counts["failed" if values.get("state") == FAILED else "retry"] += 1
+                    changed["failed" if values.get("state") == FAILED else "retry"] += 1
+            metrics.count_on_commit(
+                session, metrics.CALLBACK_DELIVERIES, [((k,), n) for k, n in changed.items()]
+            )
+        return changed
 
-    db.write_through_outage(write)
-    counts["delivered"] = len(delivered)
-    for outcome, n in counts.items():
-        if n:
-            metrics.CALLBACK_DELIVERIES.labels(outcome).inc(n)
-    return counts
+    changed = db.write_through_outage(write)
+    # "delivered": every callback the receiver took in this run (the worker goes on
+    # while there are some), written back by this run or by the one holding it now.
+    return {"delivered": len(delivered), "retry": changed["retry"], "failed": changed["failed"]}
 
 
 def deliver_due(settings: Settings, *, limit: int | None = None) -> dict[str, int]:
@@ -654,15 +660,19 @@ def _totals(session: Session, settings: Settings, now: datetime) -> dict[str, An
     return {**outbox_totals(session, now), "delivered_24h": int(delivered or 0)}
 
 
-def backlog(settings: Settings) -> dict[str, Any]:
+def backlog(settings: Settings, session: Session | None = None) -> dict[str, Any]:
     """The outbox at a glance (``smsdispatch callbacks``): pending and failed counts,
     what was delivered in the last 24 h, the oldest pending callback's age, and the
     endpoints with pending or lately failed callbacks, worst first. An endpoint's
     ``url`` has no query string (it may carry a token); a task endpoint has ``url``
-    None and ``task`` set."""
+    None and ``task`` set. Read in ``session`` if given (the console's, bounded by
+    its statement timeout), else in a session of its own."""
     c = CALLBACKS
     now = utcnow()
-    with db.session_scope(settings.database_url) as session:
+    scope = (
+        contextlib.nullcontext(session) if session is not None else db.session_scope(settings.database_url)
+    )
+    with scope as session:
         out = _totals(session, settings, now)
         pending = session.execute(
             select(c.c.url, c.c.task, c.c.client, func.count(), func.count(case((c.c.tries > 0, 1))),
@@ -684,7 +694,7 @@ def backlog(settings: Settings) -> dict[str, Any]:
     endpoints: dict[tuple[str | None, str | None, str | None], dict[str, Any]] = {}
 
     def entry(url: str | None, task: str | None, client: str | None) -> dict[str, Any]:
-        key = (_public_url(url), task, client)
+        key = (public_url(url), task, client)
         if key not in endpoints:
             endpoints[key] = {"url": key[0], "task": task, "client": client, "pending": 0, "failing": 0,
                               "failed_24h": 0, "last_error": None, "oldest_s": None, "_last": -1}  # fmt: skip
@@ -718,5 +728,5 @@ def backlog(settings: Settings) -> dict[str, Any]:
 
 __all__ = [
     "address_problem", "backlog", "check_task_name", "check_url", "deliver_due", "lease_seconds",
-    "outbox_totals", "record", "sign", "verify",
+    "outbox_totals", "public_url", "record", "sign", "verify",
 ]  # fmt: skip

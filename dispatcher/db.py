@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import event, inspect
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
@@ -134,12 +134,21 @@ _sqlite_turn = threading.RLock()
 
 
 @contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A session for one unit of work: committed on success, rolled back on error."""
+def session_scope(url: str | None = None, *, statement_timeout: float | None = None) -> Iterator[Session]:
+    """A session for one unit of work: committed on success, rolled back on error.
+
+    ``statement_timeout`` (seconds, PostgreSQL only): each statement of the session
+    gives up after it with an ``OperationalError``, for readers that must answer
+    rather than wait (the console). SQLite has no such limit and ignores it."""
     engine = get_engine(url)
     turn = _sqlite_turn if engine.dialect.name == "sqlite" else contextlib.nullcontext()
     with turn, Session(engine, expire_on_commit=False) as session:
         try:
+            if statement_timeout is not None and engine.dialect.name == "postgresql":
+                # SET LOCAL: for this transaction only, the pooled connection keeps none of it.
+                session.execute(
+                    text(f"SET LOCAL statement_timeout = {max(1, round(statement_timeout * 1000))}")
+                )
             yield session
             session.commit()
         except BaseException:

@@ -108,19 +108,20 @@ SHOP_MESSAGES = 10
 STOPPED_PHONE = "79165550101"  # on the stop list: the shop's advert to it is refused
 
 
-def _shop(receiver: Any) -> list[dict[str, Any]]:
-    """The client "shop" with its callback, and one number on the stop list; its load:
-    order notices, and an advert to the stopped number."""
+def setup_shop(receiver: Any) -> tuple[str, list[dict[str, Any]]]:
+    """The client "shop" with its callback to ``receiver`` (given the secret it signs
+    with), and one number on the stop list. Returns the shop's API key and its load:
+    order notices, and an advert to the stopped number (ops/console_shots.py uses it too)."""
     from dispatcher import stoplist
     from dispatcher.clients import create_client
 
     with db.session_scope() as s:
-        _, _, secret = create_client(s, SHOP, callback_url=receiver.url, allow_private=True)
+        _, key, secret = create_client(s, SHOP, callback_url=receiver.url, allow_private=True)
         stoplist.add(s, STOPPED_PHONE, reason="replied STOP to an advert")
     receiver.secret = secret
     load = [{"to": f"7916555{n:04d}", "text": f"Заказ №{1000 + n} собран и передан в доставку."}
             for n in range(1, SHOP_MESSAGES + 1)]  # fmt: skip
-    return [*load, {"to": STOPPED_PHONE, "text": "Скидка 20% только сегодня!"}]
+    return key, [*load, {"to": STOPPED_PHONE, "text": "Скидка 20% только сегодня!"}]
 
 
 def _callback_report(receiver: Any, shop_ids: list[str], statuses: dict[str, str]) -> dict[str, Any]:
@@ -292,7 +293,7 @@ def run(
         from dispatcher.simulator.receiver import Receiver
 
         receiver = Receiver().start()
-        shop_load = _shop(receiver)
+        _, shop_load = setup_shop(receiver)
         if mode == "celery":
             from dispatcher import broker as worker_app
             from dispatcher.redis_conn import client_for

@@ -7,47 +7,99 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dispatcher import config as config_mod
 from dispatcher.redact import redact
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
 log = logging.getLogger("smsdispatch.ops")
 
 
-def provider_rows(settings: config_mod.Settings, redis_optional: bool = False) -> list[dict[str, Any]]:
+def provider_rows(
+    settings: config_mod.Settings,
+    redis_optional: bool = False,
+    *,
+    session: Session | None = None,
+    spend: bool = True,
+) -> list[dict[str, Any]]:
     """What operators want per provider instance: routing order, breaker, rate limit,
     the last known balance and the last error. With Redis down this raises (the CLI
     exits 4: a backend is unreachable), or with ``redis_optional`` gives the ledger's
-    facts with the breaker ``unknown`` (the console, which is how one looks into it)."""
+    facts with the breaker ``unknown`` (the console, which is how one looks into it).
+
+    Read in ``session`` when given (the console's, bounded by its statement timeout),
+    else in a session of its own. ``spend=False`` leaves out the last day's
+    ``sent_24h``/``parts_24h``/``cost_24h``, for a caller that counts them itself."""
+    from contextlib import nullcontext
+
+    from dispatcher.db import session_scope
+
+    scope = nullcontext(session) if session is not None else session_scope()
+    with scope as s:
+        return _provider_rows(s, settings, redis_optional, spend)
+
+
+def _provider_rows(
+    s: Session, settings: config_mod.Settings, redis_optional: bool, spend: bool
+) -> list[dict[str, Any]]:
+    from redis.exceptions import RedisError
     from sqlalchemy import func, select
 
     from dispatcher.coordination import coordinator_for
-    from dispatcher.db import session_scope
     from dispatcher.models import ATTEMPTS, BALANCES
 
     coordinator = coordinator_for(settings.broker_url)
     day_ago = datetime.now(UTC) - timedelta(days=1)
+    redis_down = False
     rows = []
-    with session_scope() as s:
-        for pc in settings.providers:
-            reading = s.execute(
-                select(
-                    BALANCES.c.amount, BALANCES.c.credit, BALANCES.c.currency, BALANCES.c.at, BALANCES.c.error
-                )
-                .where(BALANCES.c.provider == pc.name)
-                .order_by(BALANCES.c.at.desc())
-                .limit(1)
-            ).first()
-            failed = s.execute(
-                select(ATTEMPTS.c.error, ATTEMPTS.c.finished_at)
-                .where(
-                    ATTEMPTS.c.provider == pc.name,
-                    ATTEMPTS.c.outcome.not_in(["accepted", "reconciled", "in_flight"]),
-                )
-                .order_by(ATTEMPTS.c.id.desc())
-                .limit(1)
-            ).first()
+    for pc in settings.providers:
+        reading = s.execute(
+            select(BALANCES.c.amount, BALANCES.c.credit, BALANCES.c.currency, BALANCES.c.at, BALANCES.c.error)
+            .where(BALANCES.c.provider == pc.name)
+            .order_by(BALANCES.c.at.desc())
+            .limit(1)
+        ).first()
+        failed = s.execute(
+            select(ATTEMPTS.c.error, ATTEMPTS.c.finished_at)
+            .where(
+                ATTEMPTS.c.provider == pc.name,
+                ATTEMPTS.c.outcome.not_in(["accepted", "reconciled", "in_flight"]),
+            )
+            .order_by(ATTEMPTS.c.id.desc())
+            .limit(1)
+        ).first()
+        # Redis down: the ledger's facts still answer, the breaker is "unknown". Asked
+        # once: an unreachable Redis costs its timeout once, not once per provider.
+        state, retry_in, opens, attention = "unknown", 0.0, 0, None
+        if not redis_down:
+            try:
+                breaker = coordinator.breaker_state(pc.name)
+                state, retry_in, opens = breaker.state, round(breaker.retry_in, 1), breaker.opens
+                attention = coordinator.get_value(f"attention:{pc.name}") or None
+            except (RedisError, OSError) as exc:
+                if not redis_optional:
+                    raise
+                log.warning("providers: the coordinator is unreadable: %s", type(exc).__name__)
+                redis_down = True
+                state, retry_in, opens, attention = "unknown", 0.0, 0, None
+        row = {
+            "provider": pc.name, "kind": pc.kind, "priority": pc.priority, "enabled": pc.enabled,
+            "breaker": state, "breaker_retry_in": retry_in,
+            "breaker_opens": opens, "rate_limit": pc.rate_limit or None,
+            "balance": reading.amount if reading else None,
+            "credit": reading.credit if reading else None,
+            "currency": reading.currency if reading else None,
+            "balance_at": reading.at.isoformat() if reading else None,
+            "balance_threshold": pc.balance_threshold,
+            "last_error": (failed.error if failed else None) or (reading.error if reading else None),
+            "last_error_at": failed.finished_at.isoformat() if failed and failed[1] else None,
+            # A refusal of our request or account in the last day (the send path's note).
+            "attention": attention,
+        }  # fmt: skip
+        if spend:
             spent = s.execute(
                 select(func.count(), func.sum(ATTEMPTS.c.parts), func.sum(ATTEMPTS.c.cost)).where(
                     ATTEMPTS.c.provider == pc.name,
@@ -55,35 +107,10 @@ def provider_rows(settings: config_mod.Settings, redis_optional: bool = False) -
                     ATTEMPTS.c.outcome.in_(["accepted", "reconciled"]),
                 )
             ).one()
-            # Redis down: the ledger's facts still answer, the breaker is "unknown".
-            try:
-                breaker = coordinator.breaker_state(pc.name)
-                state, retry_in, opens = breaker.state, round(breaker.retry_in, 1), breaker.opens
-                attention = coordinator.get_value(f"attention:{pc.name}") or None
-            except Exception as exc:
-                if not redis_optional:
-                    raise
-                log.warning("providers: the coordinator is unreadable: %s", type(exc).__name__)
-                state, retry_in, opens, attention = "unknown", 0.0, 0, None
-            rows.append(
-                {
-                    "provider": pc.name, "kind": pc.kind, "priority": pc.priority, "enabled": pc.enabled,
-                    "breaker": state, "breaker_retry_in": retry_in,
-                    "breaker_opens": opens, "rate_limit": pc.rate_limit or None,
-                    "balance": reading.amount if reading else None,
-                    "credit": reading.credit if reading else None,
-                    "currency": reading.currency if reading else None,
-                    "balance_at": reading.at.isoformat() if reading else None,
-                    "balance_threshold": pc.balance_threshold,
-                    "last_error": (failed.error if failed else None) or (reading.error if reading else None),
-                    "last_error_at": failed.finished_at.isoformat() if failed and failed[1] else None,
-                    # A refusal of our request or account in the last day (the send path's note).
-                    "attention": attention,
-                    # Taken in the last 24 h, as the provider reported it.
-                    "sent_24h": int(spent[0]), "parts_24h": int(spent[1] or 0),
-                    "cost_24h": round(float(spent[2]), 4) if spent[2] is not None else None,
-                }
-            )  # fmt: skip
+            # Taken in the last 24 h, as the provider reported it.
+            row.update(sent_24h=int(spent[0]), parts_24h=int(spent[1] or 0),
+                       cost_24h=round(float(spent[2]), 4) if spent[2] is not None else None)  # fmt: skip
+        rows.append(row)
     return rows
 
 

@@ -12,9 +12,10 @@ scene and the same ``take_shots``:
    on a SQLite ledger in a folder of its own, the embedded worker pool, and the HTTP
    API (uvicorn) on a free loopback port, all in this process;
 2. the demo's traffic (``demo.make_load``), plus two clients with status callbacks:
-   ``shop``, whose receiver answers, and ``crm``, whose receiver answers 503, so the
-   callback backlog has something to show;
-3. half way, an outage: the ``sms1000`` simulator answers HTTP 500 to every call from
+   the demo's ``shop`` (``demo.setup_shop``), whose receiver answers, and ``crm``,
+   whose receiver answers 503 and whose URL carries a token, so the callback backlog
+   has something to show (and something to hide);
+3. half way, an outage: the ``sms1000`` simulator (``demo.OUTAGE_KIND``) answers HTTP 500 to every call from
    then on. Its breaker opens (the breaker's cooldown is an hour here, so it stays
    open while the pages are looked at) and its messages fail over;
 4. the screenshots: login, a search for a number the demo sent to, that message's
@@ -50,7 +51,8 @@ from dispatcher.simulator.receiver import Receiver
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "console-demo-operator-key-7f3c"  # the scene's operator key, for this scene alone
-OUTAGE = "sms1000"
+CRM_SECRET = "crm-hook-secret"  # in crm's callback URL: the console must never show it
+OUTAGE = demo.OUTAGE_KIND  # the provider the outage takes down, as in the demo
 BROWSER_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -146,14 +148,9 @@ def console_scene(folder: Path, messages: int = 300, seed: int = 7, timeout: flo
         shop_receiver, crm_receiver = Receiver().start(), Receiver().start()
         receivers += [shop_receiver, crm_receiver]
         crm_receiver.down("503")
+        shop_key, shop_load = demo.setup_shop(shop_receiver)
         with db.session_scope() as s:
-            _, shop_key, shop_secret = create_client(
-                s, "shop", callback_url=shop_receiver.url, allow_private=True
-            )
-            create_client(
-                s, "crm", callback_url=f"{crm_receiver.url}?token=crm-hook-secret", allow_private=True
-            )
-        shop_receiver.secret = shop_secret
+            create_client(s, "crm", callback_url=f"{crm_receiver.url}?token={CRM_SECRET}", allow_private=True)
 
         runner = EmbeddedRunner(settings, coordinator=coordinator_for(settings.broker_url))
         runner.start()
@@ -174,9 +171,7 @@ def console_scene(folder: Path, messages: int = 300, seed: int = 7, timeout: flo
         sim[OUTAGE].state.faults.http500_rate = 1.0
         # The shop's orders first, while the breaker is still closed: some of them fail
         # over, and their timelines show the callbacks too.
-        for n in range(1, 9):
-            text = f"Заказ №{1000 + n} передан в доставку."
-            ids.append(api.send_sms(f"7916555{n:04d}", text, client="shop", priority="high"))
+        ids += [api.send_sms(**m, client=demo.SHOP, priority="high") for m in shop_load]
         send(load[half:])
         ids += api.send_bulk([{"to": f"7926444{n:04d}", "text": f"Напоминание о визите {n}."}
                               for n in range(1, 5)], client="crm")  # fmt: skip

@@ -333,8 +333,7 @@ def router(settings: Settings) -> APIRouter:
             "statuses": STATUSES, "found": None,
         }  # fmt: skip
         try:
-            if status and status not in STATUSES:
-                raise ValidationError("status", f"one of {', '.join(STATUSES)}")
+            # A status that is none names its field: search.statement refuses it.
             found = stats.find_messages(settings, q, by, client=client or None, status=status or None,
                                         cursor=cursor or None)  # fmt: skip
         except ValidationError as exc:
@@ -364,13 +363,15 @@ def router(settings: Settings) -> APIRouter:
         from dispatcher.ops import provider_rows
 
         names = [pc.name for pc in settings.providers]
-        rows = provider_rows(settings, redis_optional=True)
+        with stats.bounded(settings) as s:
+            # The last day's sent/parts/cost are in provider_stats' rates: not counted twice.
+            rows = provider_rows(settings, redis_optional=True, session=s, spend=False)
         notes = []
         if any(row["breaker"] == "unknown" for row in rows):
             notes.append("Breaker state unavailable: the coordinator (Redis) does not answer.")
         figures = stats.provider_stats(settings, names)
         charts = {
-            "balance": {**_series(figures.balances, "at", "amount", names), "unit": "balance", "time": True},
+            "balance": {**_series(figures.balances, "at", "amount", names), "unit": "balance"},
             "spend": {**_series(figures.spend, "day", "cost", names), "unit": "spend", "days": True},
             "parts": {**_series(figures.spend, "day", "parts", names), "unit": "parts", "days": True},
         }
@@ -381,21 +382,36 @@ def router(settings: Settings) -> APIRouter:
     def queues_page(request: Request) -> Response:
         if current(request) is None:
             return to_login(request)
+        from dispatcher import health as health_mod
         from dispatcher.callbacks import backlog
-        from dispatcher.health import queue_depths, worker_health
 
         notes = []
         embedded = settings.broker_url == "memory://"  # as dispatcher.health tells it
         depths: dict[str, int] = {}
+        sweep_age = send_age = None
+        broker_read = False
+        if not embedded:
+            try:
+                depths = health_mod.queue_depths(settings)
+                sweep_age = health_mod.heartbeat_age(settings, "sweep")
+                send_age = health_mod.heartbeat_age(settings, "send")
+                broker_read = True
+            except Exception as exc:
+                log.warning("console: broker unreadable", exc_info=True)
+                notes.append(f"The broker does not answer ({type(exc).__name__}): queue depths unknown.")
         health: dict[str, Any] = {}
-        try:
-            depths = queue_depths(settings)
-            health = worker_health(settings)
-        except Exception as exc:
-            log.warning("console: broker unreadable", exc_info=True)
-            notes.append(f"The broker does not answer ({type(exc).__name__}): queue depths unknown.")
+        if embedded:
+            health = health_mod.judge(settings, sweep_age=None, send_age=None, depths={}, stuck=0)
+        with stats.bounded(settings) as s:
+            waiting = backlog(settings, s)
+            pipe = stats.in_pipe(s)
+            if broker_read:
+                # Judged from the facts read once (as /metrics does): the depths are not read again.
+                stuck = health_mod.stuck_messages(settings, s)
+                health = health_mod.judge(settings, sweep_age=sweep_age, send_age=send_age, depths=depths,
+                                          stuck=stuck)  # fmt: skip
         return render(request, "queues.html", title="Queues", nav="queues", depths=depths, health=health,
-                      embedded=embedded, backlog=backlog(settings), pipe=stats.in_pipe(settings),
+                      embedded=embedded, backlog=waiting, pipe=pipe, stuck_after=health_mod.STUCK_AFTER,
                       notes=notes)  # fmt: skip
 
     @r.get("/static/{name}")

@@ -12,22 +12,26 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import ColumnElement, Float, Integer, case, cast, func, literal, or_, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Float, Integer, case, cast, func, literal, or_, select
+from sqlmodel import Session
 
+from dispatcher import ledger
+from dispatcher.callbacks import public_url
 from dispatcher.config import Settings
 from dispatcher.db import session_scope
+from dispatcher.decisions import Action
 from dispatcher.errors import ValidationError
 from dispatcher.keys import public_key
-from dispatcher.models import ATTEMPTS, BALANCES, CALLBACKS, EVENTS, MESSAGES, utcnow
+from dispatcher.models import ATTEMPTS, BALANCES, CALLBACKS, MESSAGES, utcnow
 from dispatcher.redact import redact
 from dispatcher.search import COLUMNS, decode_cursor, encode_cursor, statement
+from dispatcher.sending.policy import POLICY
 from dispatcher.status import Status
 from dispatcher.validation import text_problem
 
@@ -35,17 +39,19 @@ A, M, B = ATTEMPTS, MESSAGES, BALANCES
 
 WINDOWS: dict[str, timedelta] = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 QUANTILES = (0.5, 0.95)
-ACCEPTED = ("accepted", "reconciled")
-# The provider failed us on these (a refused message is the provider working).
-ERRORS = ("retry", "failover", "ambiguous", "lost", "not_sent", "unconfirmed")
+# Attempt outcome words, from the send path's table: taken, refused (the message), and
+# the rest, where the provider failed us (a refused message is the provider working).
+ACCEPTED = tuple(sorted({rule.attempt for rule in POLICY.values() if rule.action == Action.ACCEPT}))
+REFUSED = tuple(sorted({rule.attempt for rule in POLICY.values() if rule.action == Action.REJECT}))
+ERRORS = tuple(sorted({rule.attempt for rule in POLICY.values()} - {*ACCEPTED, *REFUSED}))
 SPEND_DAYS = 14
 BALANCE_DAYS = 7
 BALANCE_POINTS = 120  # at most this many buckets per provider in the balance history
 PAGE = 50  # messages per search page
 STATEMENT_TIMEOUT = 15  # seconds a page's SQL may take on PostgreSQL
 MAX_QUERY = 200  # characters in the search box
-# The statuses a message passes through before it is final.
-IN_PIPE = (Status.SCHEDULED, Status.QUEUED, Status.SENDING, Status.ACCEPTED, Status.SENT)
+# The statuses not final yet (as /metrics counts them): ``unknown`` waits for an operator.
+IN_PIPE = tuple(st for st in Status if not st.is_final)
 
 _ID = re.compile(r"[0-9a-f]{1,32}")
 _PHONEISH = re.compile(r"[+0-9 ()\-.\t]+")
@@ -107,14 +113,14 @@ def find_messages(
         decode_cursor(cursor)  # refuses a mangled cursor before any reading is tried
     common: dict[str, Any] = {"client": client or None, "status": status or None, "cursor": cursor,
                               "limit": limit}  # fmt: skip
-    # Built, not run: refuses a bad client or status (a NUL, say) for every reading,
-    # the by-id one included, which filters on them by hand.
-    statement(settings, **common)
+    # Built first: refuses a bad client or status (a NUL, say) for every reading, the
+    # by-id one included, which filters on them by hand; run when there is no query.
+    unfiltered = statement(settings, **common)
     queries: list[Any] = []
     notes: list[str] = []
     by_id: str | None = None
     if not q:
-        queries.append(statement(settings, **common))
+        queries.append(unfiltered)
     elif by == "id":
         if not _ID.fullmatch(q):
             raise ValidationError("id", "a message id is 1 to 32 lowercase hex characters")
@@ -137,8 +143,7 @@ def find_messages(
             by_id = q
     rows: dict[str, dict[str, Any]] = {}
     more = False
-    with session_scope(settings.database_url) as s:
-        _bounded(s)
+    with bounded(settings) as s:
         for query in queries:
             found = s.execute(query).mappings().all()
             more = more or len(found) > limit
@@ -163,18 +168,6 @@ def find_messages(
 # -- a message's timeline ------------------------------------------------------------
 
 
-def public_url(url: str | None) -> str | None:
-    """``url`` without user info, query or fragment: any of them may carry a token."""
-    if not url:
-        return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "(unparsable URL)"
-    hidden = "?…" if parts.query or parts.fragment else ""
-    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", "")) + hidden
-
-
 @dataclass
 class Timeline:
     message: dict[str, Any]
@@ -193,40 +186,35 @@ def timeline(settings: Settings, message_id: str) -> Timeline | None:
     callbacks; None when there is no such message."""
     if not message_id or len(message_id) > 32 or text_problem(message_id):
         raise ValidationError("id", "a message id is 1 to 32 printable characters")
-    with session_scope(settings.database_url) as s:
-        _bounded(s)
-        message = s.execute(select(M).where(M.c.id == message_id)).mappings().first()
+    with bounded(settings) as s:
+        message = ledger.get(s, message_id)
         if message is None:
             return None
-        attempts = s.execute(select(A).where(A.c.message_id == message_id).order_by(A.c.id)).mappings().all()
-        events = (
-            s.execute(select(EVENTS).where(EVENTS.c.message_id == message_id).order_by(EVENTS.c.id))
-            .mappings()
-            .all()
-        )
+        msg = message.model_dump()
+        attempts = [a.model_dump() for a in ledger.attempts_of(s, message_id)]
+        events = [e.model_dump() for e in ledger.events_of(s, message_id)]
         callbacks = (
             s.execute(select(CALLBACKS).where(CALLBACKS.c.message_id == message_id).order_by(CALLBACKS.c.id))
             .mappings()
             .all()
         )
-    msg = dict(message)
     msg.pop("payload_hash", None)
     msg["key"] = public_key(msg["key"], msg["client"])
     msg["last_error"] = _clean(msg["last_error"])
-    msg["callback_url"] = public_url(msg["callback_url"])
+    msg["callback_url"] = public_url(msg["callback_url"], mark=True)
     entries: list[dict[str, Any]] = []
     for a in attempts:
-        entry = {k: _clean(v) for k, v in dict(a).items()}
+        entry = {k: _clean(v) for k, v in a.items()}
         entries.append({"type": "attempt", "at": a["started_at"], **entry})
     for e in events:
-        entry = {k: _clean(v) for k, v in dict(e).items()}
+        entry = {k: _clean(v) for k, v in e.items()}
         entries.append({"type": "event", **entry})
     # An attempt starts before the event it causes; at the same instant, attempt first.
     entries.sort(key=lambda e: (e["at"], e["type"] != "attempt", e["id"]))
     rows = []
     for c in callbacks:
         row = dict(c)
-        row["url"] = public_url(row["url"])
+        row["url"] = public_url(row["url"], mark=True)
         row["key"] = public_key(row["key"], row["client"])
         row["error"], row["last_error"] = _clean(row["error"]), _clean(row["last_error"])
         rows.append(row)
@@ -325,7 +313,9 @@ def percentiles(
 
 @dataclass
 class ProviderStats:
-    rates: dict[str, dict[str, dict[str, Any]]]  # provider -> window -> counts and rates
+    # provider -> window -> calls, accepted, errors, rejected, acceptance, error_rate,
+    # and the accepted calls' parts and cost (None: no provider said)
+    rates: dict[str, dict[str, dict[str, Any]]]
     to_accepted: dict[str, dict[str, dict[str, Any]]]  # window -> provider -> n, p50, p95
     to_delivered: dict[str, dict[str, dict[str, Any]]]
     spend: list[dict[str, Any]]  # provider, day, cost, parts, messages
@@ -333,11 +323,14 @@ class ProviderStats:
     balance_bucket_s: int
 
 
-def _bounded(s: Session) -> None:
-    """A page's SQL gives up after ``STATEMENT_TIMEOUT`` on PostgreSQL (the providers
-    page reads every message of the last day): the page answers 503 rather than hang."""
-    if s.get_bind().dialect.name == "postgresql":
-        s.execute(text(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}s'"))
+@contextmanager
+def bounded(settings: Settings) -> Iterator[Session]:
+    """A page's session: its SQL gives up after ``STATEMENT_TIMEOUT`` on PostgreSQL
+    (the providers page reads every message of the last day), and the page answers
+    503 rather than hang. Every ledger read of a page goes through one of these, the
+    ones it asks of other modules (``ops.provider_rows``, ``callbacks.backlog``) too."""
+    with session_scope(settings.database_url, statement_timeout=STATEMENT_TIMEOUT) as s:
+        yield s
 
 
 def provider_stats(settings: Settings, names: Sequence[str], now: datetime | None = None) -> ProviderStats:
@@ -345,13 +338,12 @@ def provider_stats(settings: Settings, names: Sequence[str], now: datetime | Non
     now = now or utcnow()
     names = list(names)
     day_ago, hour_ago = now - WINDOWS["day"], now - WINDOWS["hour"]
-    with session_scope(settings.database_url) as s:
-        _bounded(s)
+    with bounded(settings) as s:
         dialect = s.get_bind().dialect.name
         recent = case((A.c.finished_at >= hour_ago, 1), else_=0)
         # ix_attempts_provider_finished serves the provider list and the time range.
         counted = s.execute(
-            select(A.c.provider, A.c.outcome, recent, func.count())
+            select(A.c.provider, A.c.outcome, recent, func.count(), func.sum(A.c.parts), func.sum(A.c.cost))
             .where(A.c.provider.in_(names), A.c.finished_at >= day_ago)
             .group_by(A.c.provider, A.c.outcome, recent)
         ).all()
@@ -390,22 +382,31 @@ def provider_stats(settings: Settings, names: Sequence[str], now: datetime | Non
                     "readings": int(readings), "errors": int(errors),
                 })  # fmt: skip
     rates: dict[str, dict[str, dict[str, Any]]] = {
-        n: {w: {"calls": 0, "accepted": 0, "errors": 0, "rejected": 0} for w in WINDOWS} for n in names
+        n: {
+            w: {"calls": 0, "accepted": 0, "errors": 0, "rejected": 0, "parts": 0, "cost": None}
+            for w in WINDOWS
+        }
+        for n in names
     }
-    for provider, outcome, in_hour, count in counted:
+    for provider, outcome, in_hour, count, parts, cost in counted:
         for window in ("hour", "day") if in_hour else ("day",):
             r = rates[provider][window]
             r["calls"] += int(count)
             if outcome in ACCEPTED:
+                # What the provider reported it counted and charged for the calls it took.
                 r["accepted"] += int(count)
+                r["parts"] += int(parts or 0)
+                if cost is not None:
+                    r["cost"] = (r["cost"] or 0.0) + float(cost)
             elif outcome in ERRORS:
                 r["errors"] += int(count)
-            elif outcome == "reject":
+            elif outcome in REFUSED:
                 r["rejected"] += int(count)
     for per in rates.values():
         for r in per.values():
             r["acceptance"] = r["accepted"] / r["calls"] if r["calls"] else None
             r["error_rate"] = r["errors"] / r["calls"] if r["calls"] else None
+            r["cost"] = None if r["cost"] is None else round(r["cost"], 4)
     spend = [
         {"provider": p, "day": str(d), "cost": None if c is None else round(float(c), 4),
          "parts": None if parts is None else int(parts), "messages": int(n)}
@@ -421,15 +422,14 @@ def _aware(value: datetime) -> datetime:
 # -- queues -------------------------------------------------------------------------
 
 
-def in_pipe(settings: Settings) -> dict[str, int]:
-    """Messages per status not yet final (``ix_messages_status_due`` serves it)."""
-    with session_scope(settings.database_url) as s:
-        _bounded(s)
-        found = dict(
-            s.execute(
-                select(M.c.status, func.count())
-                .where(M.c.status.in_([st.value for st in IN_PIPE]))
-                .group_by(M.c.status)
-            ).all()
-        )
+def in_pipe(s: Session) -> dict[str, int]:
+    """Messages per status not yet final (``ix_messages_status_due`` serves it), read
+    in a page's session (``bounded``)."""
+    found: dict[str, int] = dict(
+        s.execute(
+            select(M.c.status, func.count())
+            .where(M.c.status.in_([st.value for st in IN_PIPE]))
+            .group_by(M.c.status)
+        ).all()
+    )
     return {st.value: int(found.get(st.value, 0)) for st in IN_PIPE}

@@ -3,8 +3,9 @@ statistics on SQLite and PostgreSQL. No browser needed."""
 
 from __future__ import annotations
 
-import re
 import statistics
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,9 +21,10 @@ from dispatcher.console import router, stats
 from dispatcher.console import routes as console_routes
 from dispatcher.console.auth import SESSION_TTL, LoginThrottle, Signer
 from dispatcher.coordination import coordinator_for
-from dispatcher.models import ATTEMPTS, BALANCES, MESSAGES
+from dispatcher.models import ATTEMPTS, BALANCES, CALLBACKS, MESSAGES
 from dispatcher.simulator.core import Simulator
 from tests.conftest import sim_table
+from tests.console.conftest import login_token
 from tests.support import PG_URL, reset_postgres
 
 TOKEN = "console-unit-operator-token-1"
@@ -51,16 +53,10 @@ def app_for(settings: config.Settings) -> FastAPI:
     return app
 
 
-def csrf_of(html: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert found, html
-    return found.group(1)
-
-
 def log_in(client: TestClient, key: str = TOKEN) -> Any:
     form = client.get("/console/login")
     return client.post(
-        "/console/login", data={"csrf": csrf_of(form.text), "key": key}, follow_redirects=False
+        "/console/login", data={"csrf": login_token(form.text), "key": key}, follow_redirects=False
     )
 
 
@@ -166,7 +162,7 @@ def test_wrong_keys_are_slowed_then_stopped(
 
 def test_an_oversized_or_foreign_form_is_refused(settings: config.Settings) -> None:
     client = TestClient(app_for(settings))
-    token = csrf_of(client.get("/console/login").text)
+    token = login_token(client.get("/console/login").text)
     big = client.post("/console/login", data={"csrf": token, "key": "k" * 10000})
     assert big.status_code == 400
     multipart = client.post("/console/login", files={"key": ("k", b"x")}, data={"csrf": token})
@@ -239,7 +235,9 @@ def test_percentiles_are_exact_and_agree_across_databases(ledger: config.Setting
 
 
 def test_rates_spend_and_balances(ledger: config.Settings) -> None:
-    now = datetime.now(UTC).replace(microsecond=0)
+    # Noon: "yesterday" (20 h before) is another UTC day, the balance readings (from
+    # 5 h before) all in this one.
+    now = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
     yesterday = now - timedelta(hours=20)
     with db.session_scope(ledger.database_url) as s:
         s.execute(insert(MESSAGES), [_message(1, "prostor", yesterday)])
@@ -253,23 +251,65 @@ def test_rates_spend_and_balances(ledger: config.Settings) -> None:
                              "started_at": at, "finished_at": at - timedelta(seconds=n), "outcome": outcome,
                              "cost": cost, "parts": 2 if cost else None})  # fmt: skip
         s.execute(insert(ATTEMPTS), attempts)
+        # Twice as many readings as there are points, a minute apart, each 30 s into a
+        # two-minute bucket (an instant on a bucket's edge would be at the mercy of
+        # SQLite's julianday rounding); the failed read falls in the last bucket.
+        points = stats.BALANCE_POINTS
+        start = datetime.fromtimestamp((int(now.timestamp()) - 5 * 3600) // 120 * 120, UTC)
         s.execute(insert(BALANCES), [
-            {"provider": "prostor", "at": now - timedelta(minutes=m), "amount": 100.0 - m, "error": None}
-            for m in range(10)
-        ] + [{"provider": "prostor", "at": now, "amount": None, "error": "HTTP 500"}])  # fmt: skip
+            {"provider": "prostor", "at": start + timedelta(seconds=30 + 60 * i), "amount": 100.0 + i,
+             "error": None}
+            for i in range(2 * points)
+        ] + [{"provider": "prostor", "at": start + timedelta(seconds=30 + 60 * (2 * points - 1) + 15),
+              "amount": None, "error": "HTTP 500"}])  # fmt: skip
     figures = stats.provider_stats(ledger, ["prostor", "mysms"], now=now)
     hour, day = figures.rates["prostor"]["hour"], figures.rates["prostor"]["day"]
     assert (hour["calls"], hour["accepted"], hour["errors"], hour["rejected"]) == (4, 2, 1, 1)
     assert (day["calls"], day["accepted"], day["errors"]) == (6, 3, 2)
     assert day["acceptance"] == pytest.approx(0.5) and day["error_rate"] == pytest.approx(1 / 3)
+    # The providers page's "24 h: sent / parts / cost" column.
+    assert (hour["parts"], hour["cost"], day["parts"], day["cost"]) == (4, 4.5, 6, 9.0)
     assert figures.rates["mysms"]["day"]["acceptance"] is None
+    assert (figures.rates["mysms"]["day"]["parts"], figures.rates["mysms"]["day"]["cost"]) == (0, None)
     by_day = {d["day"]: d for d in figures.spend}
-    assert sum(d["cost"] for d in by_day.values()) == pytest.approx(9.0)
-    assert sum(d["parts"] or 0 for d in by_day.values()) == 6
-    assert by_day[now.strftime("%Y-%m-%d")]["messages"] >= 2
-    assert sum(b["readings"] for b in figures.balances) == 11
-    assert sum(b["errors"] for b in figures.balances) == 1
-    assert len(figures.balances) <= stats.BALANCE_POINTS + 1
+    assert by_day == {
+        now.strftime("%Y-%m-%d"): {"provider": "prostor", "day": now.strftime("%Y-%m-%d"), "cost": 4.5,
+                                   "parts": 4, "messages": 2},
+        yesterday.strftime("%Y-%m-%d"): {"provider": "prostor", "day": yesterday.strftime("%Y-%m-%d"),
+                                         "cost": 4.5, "parts": 2, "messages": 1},
+    }  # fmt: skip
+    assert figures.balance_bucket_s == 120
+    assert len(figures.balances) == points
+    assert [b["at"] for b in figures.balances] == [start + timedelta(seconds=120 * j) for j in range(points)]
+    assert [b["readings"] for b in figures.balances] == [2] * (points - 1) + [3]
+    assert sum(b["errors"] for b in figures.balances) == 1 and figures.balances[-1]["errors"] == 1
+    assert figures.balances[10]["amount"] == pytest.approx(120.5)  # readings 120 and 121
+    assert figures.balances[-1]["amount"] == pytest.approx(100.0 + 2 * points - 1.5)  # a failed read is no 0
+
+
+def test_callback_secrets_stay_hidden(ledger: config.Settings) -> None:
+    """A callback URL may carry a token (in its query, or as user info): the queues
+    page and the message's timeline show the endpoint without it."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    url = "https://hook:pass-secret@crm.example/sms/status?token=crm-hook-secret#frag-secret"
+    message_id = f"{7:032x}"
+    with db.session_scope(ledger.database_url) as s:
+        s.execute(insert(MESSAGES), [_message(7, "prostor", now - timedelta(minutes=3), callback_url=url)])
+        s.execute(insert(CALLBACKS), [
+            {"message_id": message_id, "url": url, "status": status, "to": "79160000007", "state": state,
+             "tries": tries, "at": now, "next_at": now, "created_at": now, "last_error": "HTTP 503"}
+            for status, state, tries in (("accepted", "failed", 5), ("delivered", "pending", 1))
+        ])  # fmt: skip
+    client = TestClient(app_for(ledger))
+    assert log_in(client).status_code == 303
+    queues = client.get("/console/queues")
+    timeline = client.get(f"/console/messages/{message_id}")
+    assert queues.status_code == 200 and timeline.status_code == 200, (queues.text, timeline.text)
+    assert "https://crm.example/sms/status" in queues.text
+    assert "https://crm.example/sms/status?…" in timeline.text
+    for page in (queues.text, timeline.text):
+        for secret in ("crm-hook-secret", "pass-secret", "frag-secret"):
+            assert secret not in page
 
 
 # -- the console when a backend is down or slow
@@ -314,9 +354,11 @@ def test_a_bad_client_or_status_is_refused_for_every_reading(ledger: config.Sett
 @pytest.mark.postgres
 def test_a_page_whose_sql_runs_too_long_answers_503(sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
     """A table another session holds locked stands for any query that runs too long:
-    the page gives up after STATEMENT_TIMEOUT with a 503, never hangs or 500s."""
+    the page gives up after STATEMENT_TIMEOUT with a 503, never hangs or 500s. The lock
+    is let go after RELEASE: a read the bound missed would wait for it, then answer 200."""
     import psycopg
 
+    release = 6.0
     reset_postgres(PG_URL)
     db.upgrade(db.make_engine(PG_URL))
     made = make_settings(sim, PG_URL)
@@ -324,13 +366,32 @@ def test_a_page_whose_sql_runs_too_long_answers_503(sim: Simulator, monkeypatch:
     db.dispose_engines()
     monkeypatch.setattr(stats, "STATEMENT_TIMEOUT", 1)
     holder = psycopg.connect(PG_URL.replace("postgresql+psycopg://", "postgresql://"))
+
+    def locked(table: str, path: str) -> Any:
+        holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        timer = threading.Timer(release, holder.rollback)
+        timer.start()
+        try:
+            started = time.monotonic()
+            answer = client.get(path)
+            assert time.monotonic() - started < release, (table, path)
+            return answer
+        finally:
+            timer.cancel()
+            timer.join()
+            holder.rollback()
+
     try:
         client = TestClient(app_for(made))
         assert log_in(client).status_code == 303
-        # messages: the percentiles read it, ops.provider_rows (balances, attempts) does not
-        holder.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
-        answer = client.get("/console/providers")
-        assert answer.status_code == 503 and "did not answer in time" in answer.text
+        # messages: read by provider_stats' percentiles; attempts: by ops.provider_rows
+        # first (its last errors), in the page's bounded session; callbacks: by
+        # callbacks.backlog on the queues page.
+        for table, path in (("messages", "/console/providers"), ("attempts", "/console/providers"),
+                            ("callbacks", "/console/queues"), ("messages", "/console/queues")):  # fmt: skip
+            answer = locked(table, path)
+            assert answer.status_code == 503 and "did not answer in time" in answer.text, (table, path)
+        assert client.get("/console/providers").status_code == 200  # the locks are gone
     finally:
         holder.rollback()
         holder.close()

@@ -10,8 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
-from ops.console_shots import PAGES, Scene, log_in, take_shots
+from dispatcher import db
+from dispatcher.models import CALLBACKS
+from ops.console_shots import CRM_SECRET, PAGES, Scene, log_in, take_shots
 from tests.console.conftest import logged_in, login_token
 
 
@@ -137,6 +140,22 @@ def test_posts_without_the_csrf_token_are_refused(scene: Scene) -> None:
     # The cookie a logout ended opens nothing, even if someone kept a copy
     with httpx.Client(base_url=scene.url, timeout=10, cookies={"smsd_console": kept}) as copy:
         assert copy.get("/console/providers", follow_redirects=False).status_code == 303
+
+
+def test_callback_tokens_stay_hidden(scene: Scene) -> None:
+    """crm's callback URL carries a token in its query: neither the queues page (its
+    endpoint fails) nor a crm message's timeline shows it."""
+    with db.session_scope(scene.settings.database_url) as s:
+        crm_message = s.execute(
+            select(CALLBACKS.c.message_id).where(CALLBACKS.c.client == "crm").limit(1)
+        ).scalar_one()
+    with logged_in(scene.url, scene.token) as client:
+        queues = client.get("/console/queues")
+        timeline = client.get(f"/console/messages/{crm_message}")
+    assert queues.status_code == 200 and timeline.status_code == 200
+    assert "crm" in queues.text and "?…" in timeline.text
+    for page in (queues.text, timeline.text):
+        assert CRM_SECRET not in page and "token=" not in page
 
 
 def test_security_headers(scene: Scene) -> None:
