@@ -177,8 +177,6 @@ def _store_once(
         done = [i for i in ids if i is not None]
         if bulk_key is not None:
             ledger.add_bulk_request(s, bulk_key, whole, done)
-    # Committed: stored, but refused (rejected) at the door.
-    metrics.count_refusal("task" if source == "task" else "api", "stopped", len(stopped))
     due = [(done[n], items[n].priority, items[n].provider) for n in fresh
            if items[n].send_at is None and n not in stopped]  # fmt: skip
     return Stored(done, sorted(fresh), due)
@@ -248,8 +246,9 @@ def send_bulk(
     without its own key gets ``KEY:N``; the same call again answers the same ids and
     sends nothing new, and the key with any other payload (a superset included) is
     an ``IdempotencyConflict``."""
-    with metrics.refusals("api"):  # send_validated counts its own
-        items = _validate_many(get_settings(), keyed(messages, key), bulk=True)
+    listed = list(messages)
+    with metrics.refusals("api", n=len(listed)):  # send_validated counts its own
+        items = _validate_many(get_settings(), keyed(listed, key), bulk=True)
     return send_validated(items, key=key, client=client)
 
 
@@ -275,7 +274,7 @@ def send_validated(
     """``send_bulk`` for messages already through ``validate`` (with ``keyed``'s
     keys): the CLI checks a file line by line to name the line, and must not pay for
     a second check of 10,000 numbers."""
-    with metrics.refusals("api"):
+    with metrics.refusals("api", n=len(items)):
         done = store(items, bulk=True, bulk_key=key, client=client)
     _publish_due(done.due)
     return done.ids

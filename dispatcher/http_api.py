@@ -63,7 +63,7 @@ from dispatcher.clients import ClientInfo, authenticate
 from dispatcher.config import Settings
 from dispatcher.db import session_scope
 from dispatcher.errors import ConfigError, IdempotencyConflict, LimitExceeded, ValidationError
-from dispatcher.metrics import count_refusal
+from dispatcher.metrics import count_refusal, refusals
 from dispatcher.models import STOP_LIST
 from dispatcher.scrape import api_registry, exposition
 from dispatcher.search import MAX_LIMIT, search
@@ -320,7 +320,7 @@ def create_app(settings: Settings) -> FastAPI:
             return _error(400, "body", f"not valid JSON: {context.get('error', 'malformed')}")
         if request.method == "POST" and request.url.path == "/v1/messages":
             # Refused by the schema before dispatcher.api saw it, which counts its own.
-            count_refusal("api", "invalid")
+            count_refusal("api", "invalid", _messages_in(exc.body))
         return _error(422, _field_name(first.get("loc", ())), str(first.get("msg", "invalid")))
 
     @app.exception_handler(ValidationError)
@@ -346,22 +346,23 @@ def create_app(settings: Settings) -> FastAPI:
         """Queue one message, or many in one transaction (all or nothing)."""
         # api applies the client's senders, quota and window; the operator has none.
         scope: dict[str, Any] = {} if caller.client is None else {"client": caller.client.name}
-        if caller.client is not None:
-            # A task name is published on our broker: a remote key naming one could call
-            # any app's task there. A client's task is the operator's to set (clients add).
-            many = body.messages if isinstance(body, BulkIn) else [body]
-            for n, m in enumerate(many):
-                if m.callback_task is not None:
-                    where = f"messages[{n}].callback_task" if isinstance(body, BulkIn) else "callback_task"
-                    raise ValidationError(
-                        where, "a client key cannot name a Celery task; use callback_url, or ask the"
-                        " operator to set the client's callback task"
-                    )  # fmt: skip
+        many = body.messages if isinstance(body, BulkIn) else [body]
+        with refusals("api", n=len(many)):  # refused here, before dispatcher.api counts its own
+            if caller.client is not None:
+                # A task name is published on our broker: a remote key naming one could call
+                # any app's task there. A client's task is the operator's to set (clients add).
+                for n, m in enumerate(many):
+                    if m.callback_task is not None:
+                        raise ValidationError(
+                            f"messages[{n}].callback_task" if isinstance(body, BulkIn) else "callback_task",
+                            "a client key cannot name a Celery task; use callback_url, or ask the operator"
+                            " to set the client's callback task",
+                        )  # fmt: skip
+            if isinstance(body, MessageIn) and idempotency_key and body.key and body.key != idempotency_key:
+                raise ValidationError("key", "differs from the Idempotency-Key header")
         if isinstance(body, MessageIn):
             fields = body.model_dump(exclude_none=True)
             if idempotency_key:
-                if body.key and body.key != idempotency_key:
-                    raise ValidationError("key", "differs from the Idempotency-Key header")
                 fields["key"] = idempotency_key
             mid = api.send_sms(**fields, **scope)
             message = api.get_message(mid) or {}
@@ -507,6 +508,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(console.router(settings))
     return app
+
+
+def _messages_in(body: Any) -> int:
+    """The messages a refused ``POST /v1/messages`` body held, for the refusal counter:
+    a bulk body's list counts each, anything else (one message, or a body too broken
+    to tell) one."""
+    if _body_kind(body) == "bulk" and isinstance(body["messages"], list):
+        return len(body["messages"])
+    return 1
 
 
 def _client_of(source: Any) -> str | None:

@@ -101,7 +101,8 @@ def insert_messages(
     """Insert validated messages with their first event; returns the ids in order.
     ``rejected``: indexes of items refused before any send (the stop list), each
     with its error (what a client looks for: ``stopped``) and the event's detail;
-    they are stored ``rejected`` and never published."""
+    they are stored ``rejected`` and never published, and counted refused at the door
+    (``task`` when ``source`` is ``task``, else ``api``) once the transaction commits."""
     now = utcnow()
     rows: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
@@ -154,6 +155,9 @@ def insert_messages(
         if told:  # a refusal at intake is the one first status an app must hear of
             callbacks.record(session, told, now)
             metrics.count_ends(session, [(None, Status.REJECTED)] * len(told))
+            # Stored, but refused at the door (the stop list): counted as it commits.
+            door = "task" if source == "task" else "api"
+            metrics.count_on_commit(session, metrics.REFUSED, [((door, "stopped"), len(told))])
     return [r["id"] for r in rows]
 
 

@@ -169,12 +169,13 @@ def count_refusal(door: str, reason: str, n: int = 1) -> None:
 
 
 @contextmanager
-def refusals(door: str) -> Iterator[None]:
-    """Count a ``ValidationError`` (a limit, a conflict, bad input) leaving the block."""
+def refusals(door: str, n: int = 1) -> Iterator[None]:
+    """Count a ``ValidationError`` (a limit, a conflict, bad input) leaving the block
+    as ``n`` messages refused: the block's whole call, all or nothing."""
     try:
         yield
     except ValidationError as exc:
-        count_refusal(door, refusal_reason(exc))
+        count_refusal(door, refusal_reason(exc), n)
         raise
 
 

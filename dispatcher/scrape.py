@@ -9,7 +9,6 @@ leaf every module may import, and only the API process imports this.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 from typing import Any
@@ -72,7 +71,7 @@ class LedgerCollector(Collector):
             return None
 
     def _database(self) -> tuple[list[Metric], dict[str, Any]]:
-        from sqlalchemy import func, select, text
+        from sqlalchemy import func, select, union_all
 
         from dispatcher.callbacks import outbox_totals
         from dispatcher.db import session_scope
@@ -81,11 +80,9 @@ class LedgerCollector(Collector):
 
         passing = sorted(st.value for st in Status if not st.is_final)
         names = [pc.name for pc in self.settings.providers]
-        with session_scope(self.settings.database_url) as s:
-            if s.get_bind().dialect.name == "postgresql":
-                # A database that hangs rather than refuses must not hold the scrape past
-                # Prometheus' own timeout (10 s): these gauges are then absent, the rest answer.
-                s.execute(text("SET LOCAL statement_timeout = '5s'"))
+        # A database that hangs rather than refuses must not hold the scrape past
+        # Prometheus' own timeout (10 s): these gauges are then absent, the rest answer.
+        with session_scope(self.settings.database_url, statement_timeout=5.0) as s:
             # Two index-only scans, each as long as the messages in flight: by status
             # (ix_messages_status_due), and by provider (ix_messages_provider_status_poll,
             # which a provider-less GROUP BY would read whole). docs/metrics.md: figures.
@@ -99,17 +96,21 @@ class LedgerCollector(Collector):
                 .where(MESSAGES.c.provider.in_(names), MESSAGES.c.status.in_(passing))
                 .group_by(MESSAGES.c.status, MESSAGES.c.provider)
             ).all()
-            readings = {}
-            for pc in self.settings.providers:
-                readings[pc.name] = s.execute(
-                    select(BALANCES.c.amount, BALANCES.c.credit, BALANCES.c.at)
-                    .where(BALANCES.c.provider == pc.name, BALANCES.c.amount.is_not(None))
-                    .order_by(BALANCES.c.at.desc())
-                    .limit(1)
-                ).first()
+            # Each provider's newest balance, in one round trip: a newest-first probe of
+            # ix_balance_readings_provider_at per provider, where a GROUP BY would read
+            # every reading retention keeps.
+            newest = [
+                select(BALANCES.c.provider, BALANCES.c.amount, BALANCES.c.at)
+                .where(BALANCES.c.provider == name, BALANCES.c.amount.is_not(None))
+                .order_by(BALANCES.c.at.desc())
+                .limit(1)
+                .subquery()
+                for name in names
+            ]
+            readings = s.execute(union_all(*(select(one) for one in newest))).all() if newest else []
             outbox = outbox_totals(s, utcnow())
             stuck = stuck_messages(self.settings, s)
-        now = time.time()
+        now = utcnow()
         messages = GaugeMetricFamily(
             "smsdispatch_messages",
             "Messages now in a status they pass through (queued, scheduled, sending, accepted, sent,"
@@ -127,23 +128,11 @@ class LedgerCollector(Collector):
             messages.add_metric([status, provider], float(n))
         balance = GaugeMetricFamily("smsdispatch_provider_balance",
                                     "The provider's balance as last read.", labels=["provider"])  # fmt: skip
-        low = GaugeMetricFamily(
-            "smsdispatch_provider_balance_low",
-            "1 when balance and credit are under the provider's balance_threshold (routing skips it).",
-            labels=["provider"],
-        )
         age = GaugeMetricFamily("smsdispatch_provider_balance_age_seconds",
                                 "Seconds since the balance was last read.", labels=["provider"])  # fmt: skip
-        for pc in self.settings.providers:
-            reading = readings[pc.name]
-            if reading is None:
-                continue
-            amount, credit, at = reading
-            spendable = float(amount) + float(credit or 0.0)
-            threshold = pc.balance_threshold
-            balance.add_metric([pc.name], float(amount))
-            low.add_metric([pc.name], 1.0 if threshold is not None and spendable < threshold else 0.0)
-            age.add_metric([pc.name], max(0.0, now - _epoch(at)))
+        for provider, amount, at in sorted(readings):
+            balance.add_metric([provider], float(amount))
+            age.add_metric([provider], max(0.0, (now - at).total_seconds()))
         stuck_gauge = GaugeMetricFamily(
             "smsdispatch_stuck_messages", "Messages due for over 5 minutes and not picked up.", value=stuck
         )
@@ -160,7 +149,7 @@ class LedgerCollector(Collector):
                               "Age of the oldest pending status callback (0 when none).",
                               value=outbox["oldest_pending_age_s"] or 0.0),
         ]  # fmt: skip
-        return [messages, balance, low, age, stuck_gauge, *callbacks], {"stuck": stuck}
+        return [messages, balance, age, stuck_gauge, *callbacks], {"stuck": stuck}
 
     def _redis(self) -> tuple[list[Metric], dict[str, Any]]:
         from dispatcher.coordination import coordinator_for
@@ -172,8 +161,16 @@ class LedgerCollector(Collector):
             "Circuit breaker: 0 closed, 1 half-open, 2 open.",
             labels=["provider"],
         )
+        low = GaugeMetricFamily(
+            "smsdispatch_provider_balance_low",
+            "1 when routing skips the provider for its balance: the balance and credit last read"
+            " (as routing reads them, from Redis) under its balance_threshold.",
+            labels=["provider"],
+        )
         for pc in self.settings.providers:
             circuit.add_metric([pc.name], float(CIRCUIT[coordinator.breaker_state(pc.name).state]))
+            spendable = coordinator.get_value(f"balance:{pc.name}")
+            low.add_metric([pc.name], 1.0 if balance_low(spendable, pc.balance_threshold) else 0.0)
         depths = queue_depths(self.settings)
         queue = GaugeMetricFamily("smsdispatch_queue_depth", "Tasks waiting on the broker, by queue.",
                                   labels=["queue"])  # fmt: skip
@@ -183,7 +180,7 @@ class LedgerCollector(Collector):
             "sweep_age": heartbeat_age(self.settings, "sweep"),
             "send_age": heartbeat_age(self.settings, "send"),
         }
-        out: list[Metric] = [circuit, queue]
+        out: list[Metric] = [circuit, low, queue]
         for name, key, what in (
             ("smsdispatch_last_sweep_age_seconds", "sweep_age", "a sweep"),
             ("smsdispatch_last_send_age_seconds", "send_age", "a send task"),
@@ -195,20 +192,17 @@ class LedgerCollector(Collector):
         return out, {"depths": depths, **ages}
 
 
-def _epoch(at: Any) -> float:
-    from datetime import UTC
-
-    if at.tzinfo is None:  # stored UTC; a naive value can only be that
-        at = at.replace(tzinfo=UTC)
-    return float(at.timestamp())
-
-
-class _ThisProcess(Collector):
-    """This process's own metrics (the default registry), for an API that is not in
-    multiprocess mode."""
-
-    def collect(self) -> Iterator[Metric]:
-        yield from REGISTRY.collect()
+def balance_low(spendable: str | None, threshold: float | None) -> bool:
+    """Whether routing skips a provider for its balance: compared as
+    ``Coordinator.gate`` compares them (its Lua ``tonumber``), the value
+    ``read_balances`` keeps (``balance:NAME``, balance plus credit) under the
+    threshold; no threshold, no value or one that is no number skips nothing."""
+    if threshold is None or spendable is None:
+        return False
+    try:
+        return float(spendable) < threshold
+    except ValueError:
+        return False
 
 
 def api_registry(settings: Any) -> CollectorRegistry:
@@ -222,7 +216,7 @@ def api_registry(settings: Any) -> CollectorRegistry:
     if path is not None:
         MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
     else:
-        registry.register(_ThisProcess())
+        registry.register(REGISTRY)  # this process's own metrics
     registry.register(LedgerCollector(settings))
     return registry
 

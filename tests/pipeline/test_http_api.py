@@ -28,6 +28,7 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 from dispatcher import config
 from dispatcher.http_api import create_app
 from dispatcher.simulator.core import Simulator
+from tests.pipeline.test_metrics import Scrape
 from tests.support import TAKEN, Stack
 
 TOKEN = "api-test-token-5f3a"
@@ -143,12 +144,17 @@ def test_healthz_tracks_consuming_workers_and_metrics(api: Api) -> None:
     while time.monotonic() < deadline and requests.get(f"{api.url}/healthz", timeout=10).status_code != 200:
         time.sleep(0.5)
     assert requests.get(f"{api.url}/healthz", timeout=10).status_code == 200
+    refused = ("smsdispatch_intake_refused_total", (("door", "api"), ("reason", "invalid")))
+    before = Scrape.parse(requests.get(f"{api.url}/metrics", timeout=10).text).samples.get(refused, 0.0)
+    bad = api.post({"messages": [{"to": "1", "text": "x"}, {"to": "79161234568", "text": "y"}]})
+    assert bad.status_code == 422, bad.text
     text = requests.get(f"{api.url}/metrics", timeout=10).text
-    # The full exporter is tests/pipeline/test_metrics.py's: here, that health agrees.
+    # The full exporter is tests/pipeline/test_metrics.py's: here, that health agrees,
+    # and the refused bulk call counts its two messages.
     for name in ("smsdispatch_messages{", "smsdispatch_circuit_state{", "smsdispatch_queue_depth{",
-                 "smsdispatch_workers_healthy 1.0",
-                 "# TYPE smsdispatch_intake_refused_total counter"):  # fmt: skip
+                 "smsdispatch_workers_healthy 1.0"):  # fmt: skip
         assert name in text, name
+    assert Scrape.parse(text).samples[refused] == before + 2
     api.stack.stop()
 
 

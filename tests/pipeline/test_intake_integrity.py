@@ -241,23 +241,20 @@ def test_by_name_refusals_are_logged_with_the_field_and_counted(
     the intake task; they are refused like any bad input: a log line naming the field,
     the refusal counted for /metrics (the worker's own port), nothing stored, and the
     worker goes on."""
-    import socket
-
     import requests
     from celery import Celery
-    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.faults.servers import free_port
+    from tests.pipeline.test_metrics import Scrape
 
     stack.configure(providers=["prostor"])
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     monkeypatch.setenv("SMSDISPATCH_METRICS_PORT", str(port))
     stack.start_worker()
 
-    def counted() -> dict[tuple[str, str], float]:
+    def counted() -> dict[tuple[str, ...], float]:
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-        return {(s.labels["door"], s.labels["reason"]): s.value for f in text_string_to_metric_families(text)
-                for s in f.samples if s.name == "smsdispatch_intake_refused_total"}  # fmt: skip
+        return Scrape.parse(text).by("smsdispatch_intake_refused_total", "door", "reason")
 
     other = Celery("other-app", broker=stack.table["broker_url"])
     bad = [

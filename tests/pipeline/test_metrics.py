@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections import defaultdict
@@ -27,10 +26,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, insert, select
 
 from dispatcher import api, config, db, metrics, stoplist
+from dispatcher.coordination import LOW_BALANCE, coordinator_for
 from dispatcher.errors import ValidationError
 from dispatcher.http_api import create_app
 from dispatcher.models import ATTEMPTS, BALANCES, CALLBACKS, MESSAGES, utcnow
 from dispatcher.simulator.core import Simulator
+from tests.faults.servers import free_port
 from tests.support import ROOT, Stack, now_plus
 
 TOKEN = "metrics-test-token-41c2"
@@ -79,12 +80,6 @@ class Scrape:
         so that a labelled counter with no sample yet counts too."""
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
         return {f"{n}{s}" for n, t in self.types.items() for s in suffixes.get(t, [""])}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(app: Any) -> Scrape:
@@ -179,6 +174,11 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         calls = {
             name: sum(sim[name].state.stats()["requests"].values()) for name in ("smska", "mysms", "prostor")
         }
+        # A balance read, as the beat's task does (in this process: its calls are not the worker's)
+        from dispatcher.tracking import read_balances
+
+        settings = config.get_settings()
+        read_balances(settings, coordinator_for(settings.broker_url))
         # Then: the API reads the counters the worker's processes left behind
         with multiprocess(shared):
             app = create_app(config.get_settings())
@@ -275,6 +275,36 @@ def test_gauges_equal_the_ledger(run: Run) -> None:
         ("prostor",),
     }
     assert set(run.after.by("smsdispatch_queue_depth", "queue")) >= {("sms.high",), ("sms.bulk",)}
+    # Balances: the ledger's newest reading of each provider; `low`, what routing reads.
+    settings = config.get_settings()
+    balances = newest_balances(settings)
+    assert ("prostor",) in balances  # read at the end of the run
+    assert run.after.by("smsdispatch_provider_balance", "provider") == balances
+    assert run.after.by("smsdispatch_provider_balance_low", "provider") == {
+        (pc.name,): skipped_for_balance(settings, pc.name) for pc in settings.providers
+    }
+
+
+def newest_balances(settings: config.Settings) -> dict[tuple[str, ...], float]:
+    """Each provider's newest balance reading with an amount, one query a provider."""
+    found: dict[tuple[str, ...], float] = {}
+    with db.session_scope() as s:
+        for pc in settings.providers:
+            amount = s.execute(
+                select(BALANCES.c.amount)
+                .where(BALANCES.c.provider == pc.name, BALANCES.c.amount.is_not(None))
+                .order_by(BALANCES.c.at.desc())
+                .limit(1)
+            ).scalar()
+            if amount is not None:
+                found[(pc.name,)] = float(amount)
+    return found
+
+
+def skipped_for_balance(settings: config.Settings, name: str) -> float:
+    """1.0 when routing's own gate skips the provider for its balance."""
+    gate = coordinator_for(settings.broker_url).gate(name, 30.0, settings.provider(name).balance_threshold)
+    return 1.0 if gate.decision == LOW_BALANCE else 0.0
 
 
 # -- this process: refusals at the door, exact values, sources down ------------------------
@@ -298,14 +328,28 @@ def test_refusals_at_the_door_are_counted_by_reason(served: Stack) -> None:
     for bad in ({"to": "12", "text": "x"}, {"to": "79165550002", "text": "twice", "key": "k-1"}):
         with pytest.raises(ValidationError):
             api.send_sms(**bad)
+    # A bulk call counts each of its messages, refused or stopped: all or nothing.
+    api.send_bulk([{"to": "79165550001", "text": "a"}, {"to": "79165550001", "text": "b"},
+                   {"to": "79165550004", "text": "c"}])  # fmt: skip
+    with pytest.raises(ValidationError):  # one bad field refuses its 4 messages
+        api.send_bulk([{"to": f"7916555100{n}", "text": "x"} for n in range(3)] + [{"to": "12", "text": "x"}])
+    with pytest.raises(ValidationError):  # k-1 reused: the store refuses all 3
+        api.send_bulk([{"to": f"7916555200{n}", "text": "y", "key": f"k-{n}"} for n in range(3)])
     with TestClient(app) as client:  # an HTTP producer goes through the same door
-        reply = client.post("/v1/messages", json={"messages": [{"to": "1", "text": "x"}]},
-                            headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        reply = client.post("/v1/messages", json={"messages": [{"to": "1", "text": "x"}, {"to": "79165550005",
+                            "text": "x"}]}, headers=auth)  # fmt: skip
         assert reply.status_code == 422
         # refused by the request schema itself (a number as `to`), before dispatcher.api
-        reply = client.post("/v1/messages", json={"to": 79165550003, "text": "x"},
-                            headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+        reply = client.post("/v1/messages", json={"to": 79165550003, "text": "x"}, headers=auth)
         assert reply.status_code == 422 and reply.json()["error"]["field"] == "to"
+        many = [{"to": "79165550006", "text": "x"}, {"to": 79165550007, "text": "x"}, {"to": "79165550008"}]
+        reply = client.post("/v1/messages", json={"messages": many}, headers=auth)
+        assert reply.status_code == 422 and reply.json()["error"]["field"] == "messages[1].to"
+        # refused by the HTTP API itself: a key that is not the Idempotency-Key header
+        reply = client.post("/v1/messages", json={"to": "79165550009", "text": "x", "key": "a"},
+                            headers={**auth, "Idempotency-Key": "b"})  # fmt: skip
+        assert reply.status_code == 422 and reply.json()["error"]["field"] == "key"
         # a bad query on a read is no message refused
         reply = client.get("/v1/messages?limit=x", headers={"Authorization": f"Bearer {TOKEN}"})
         assert reply.status_code == 422
@@ -316,11 +360,11 @@ def test_refusals_at_the_door_are_counted_by_reason(served: Stack) -> None:
         return {k: v - old.get(k, 0.0) for k, v in after.by(name, *keys).items() if v != old.get(k, 0.0)}
 
     assert moved("smsdispatch_intake_refused_total", "door", "reason") == {
-        ("api", "stopped"): 1, ("api", "invalid"): 3, ("api", "conflict"): 1,
+        ("api", "stopped"): 3, ("api", "invalid"): 1 + 4 + 2 + 1 + 3 + 1, ("api", "conflict"): 1 + 3,
     }  # fmt: skip
-    # The stopped one is stored rejected: a final status no provider gave.
-    assert moved("smsdispatch_messages_final_total", "provider", "status") == {("none", "rejected"): 1}
-    assert after.by("smsdispatch_messages", "status", "provider")[("queued", "none")] == 1
+    # The stopped ones are stored rejected: a final status no provider gave.
+    assert moved("smsdispatch_messages_final_total", "provider", "status") == {("none", "rejected"): 3}
+    assert after.by("smsdispatch_messages", "status", "provider")[("queued", "none")] == 2
 
 
 def test_large_values_round_trip_exactly(served: Stack) -> None:
@@ -336,6 +380,28 @@ def test_large_values_round_trip_exactly(served: Stack) -> None:
     assert 0 <= got.samples[("smsdispatch_provider_balance_age_seconds", (("provider", "prostor"),))] < 60
 
 
+def test_balance_low_is_what_routing_skips(any_stack: Stack) -> None:
+    """`smsdispatch_provider_balance_low` (SmsProviderBalanceLow: "routing skips it")
+    reads what routing's gate reads, the balance and credit the last read left in
+    Redis, compared with the threshold as the gate compares them; not the ledger's
+    history, which says otherwise here."""
+    settings = any_stack.configure(providers=["prostor", "mysms"], prostor={"balance_threshold": 100.0},
+                                   sections={"api": {"token": TOKEN}})  # fmt: skip
+    coordinator = coordinator_for(settings.broker_url)
+    coordinator.set_value("balance:mysms", "0.0")  # no threshold: never skipped for it
+    with db.session_scope() as s:  # the ledger's newest reading: far over the threshold
+        s.execute(insert(BALANCES).values(provider="prostor", at=utcnow(), amount=500.0, credit=None,
+                                          currency="RUB", error=None))  # fmt: skip
+    app = create_app(settings)
+    for kept, low in ((None, 0.0), ("50.0", 1.0), ("150.0", 0.0), ("99.99", 1.0), ("not a number", 0.0)):
+        if kept is not None:
+            coordinator.set_value("balance:prostor", kept)
+        got = scrape(app)
+        assert got.by("smsdispatch_provider_balance_low", "provider") == {("prostor",): low, ("mysms",): 0.0}
+        assert skipped_for_balance(settings, "prostor") == low and skipped_for_balance(settings, "mysms") == 0
+        assert got.by("smsdispatch_provider_balance", "provider") == {("prostor",): 500.0}
+
+
 def test_metrics_answer_with_the_database_and_redis_down(served: Stack) -> None:
     gone = replace(config.get_settings(), database_url=f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x",
                    broker_url=f"redis://127.0.0.1:{free_port()}/0")  # fmt: skip
@@ -343,6 +409,7 @@ def test_metrics_answer_with_the_database_and_redis_down(served: Stack) -> None:
     up = got.by("smsdispatch_metrics_source_up", "source")
     assert up == {("database",): 0.0, ("redis",): 0.0}
     assert "smsdispatch_messages" not in got.types and "smsdispatch_circuit_state" not in got.types
+    assert "smsdispatch_provider_balance_low" not in got.types
     assert "smsdispatch_workers_healthy" not in got.types
     assert got.types["smsdispatch_messages_final"] == "counter"  # the counters still answer
 
