@@ -33,6 +33,9 @@ class Faults:
     """What the simulator does wrong, per provider. All off by default."""
 
     latency_ms: float = 0.0  # added to every reply
+    # Added to status calls only (status by id, a status queue drain): a provider whose
+    # status endpoint is slower than its send endpoint, as the tracking benchmark runs it.
+    status_latency_ms: float = 0.0
     error_rate: float = 0.0  # share of send/status calls answered with the kind's internal error
     http500_rate: float = 0.0  # share of calls answered HTTP 500
     hang: bool = False  # hold every call until released (or hang_seconds pass)
@@ -110,6 +113,9 @@ class SimState:
         self.by_client: dict[str, list[str]] = {}
         self.queues: dict[str, list[tuple[str, str]]] = {}  # name -> [(pid, stage)]
         self.requests: Counter[str] = Counter()
+        # Status calls (by id or a queue drain) whatever their path: sms-ka.net sends and
+        # asks on one URL, so ``requests`` cannot tell them apart.
+        self.status_calls = 0
         self.received: Counter[str] = Counter()  # "phone|text" -> times sent
         self.accepted_at: list[float] = []  # monotonic time of each accepted message
         self._events: list[tuple[float, int, str, str]] = []
@@ -231,6 +237,7 @@ class SimState:
             return {
                 "kind": self.kind,
                 "requests": dict(self.requests),
+                "status_calls": self.status_calls,
                 "messages": len(self.messages),
                 "stages": dict(stages),
                 "duplicates": sum(n - 1 for n in self.received.values() if n > 1),
@@ -272,6 +279,7 @@ class SimState:
             self.by_client.clear()
             self.queues.clear()
             self.requests.clear()
+            self.status_calls = 0
             self.received.clear()
             self.accepted_at.clear()
             self._events.clear()
@@ -326,6 +334,11 @@ class SimProvider:
     def is_traffic(self, req: SimRequest) -> bool:
         """True for send and status calls (what error_rate applies to)."""
         return True
+
+    def is_status(self, req: SimRequest) -> bool:
+        """True for a status call: by id, or a status queue drain (what
+        ``status_latency_ms`` applies to)."""
+        return False
 
     @staticmethod
     def json_reply(doc: Any, status: int = 200) -> SimResponse:

@@ -107,13 +107,17 @@ class _Handler(BaseHTTPRequestHandler):
         query = _parse_fields(split.query, charset)
         form = {**query, **(_parse_fields(body.decode("latin-1"), charset) if raw_form else {})}
         req = SimRequest(self.command, rel, query, form, body, ctype, dict(self.headers.items()))
+        status_call = sim.is_status(req)
         with state.lock:
             state.requests[rel or "/"] += 1
+            state.status_calls += status_call
             calls = sum(state.requests.values())
             faults = state.faults
             release = state.release
         if faults.latency_ms:
             time.sleep(faults.latency_ms / 1000.0)
+        if faults.status_latency_ms and status_call:
+            time.sleep(faults.status_latency_ms / 1000.0)
         if faults.hang:
             release.wait(faults.hang_seconds)
         if faults.fail_after and calls > faults.fail_after:

@@ -50,6 +50,9 @@ class MySmsSim(SimProvider):
     def is_traffic(self, req: SimRequest) -> bool:
         return not req.path.startswith("credit")
 
+    def is_status(self, req: SimRequest) -> bool:
+        return req.path.startswith("status")
+
     def internal_error(self, req: SimRequest) -> SimResponse:
         return self._reply(req, "-50", [], None)
 

@@ -62,6 +62,9 @@ class ProstorSim(SimProvider):
     def is_traffic(self, req: SimRequest) -> bool:
         return req.path.strip("/") in ("send.json", "status.json", "statusQueue.json")
 
+    def is_status(self, req: SimRequest) -> bool:
+        return req.path.strip("/") in ("status.json", "statusQueue.json")
+
     def internal_error(self, req: SimRequest) -> SimResponse:
         return self._error("internal error")
 

@@ -88,6 +88,9 @@ class Sms1000Sim(SimProvider):
     def is_traffic(self, req: SimRequest) -> bool:
         return req.form.get("method") in ("push_msg", "get_msg_report")
 
+    def is_status(self, req: SimRequest) -> bool:
+        return req.form.get("method") == "get_msg_report"
+
     def internal_error(self, req: SimRequest) -> SimResponse:
         code = "99" if req.form.get("method") == "push_msg" else "501"
         return self._reply(req, code, {})

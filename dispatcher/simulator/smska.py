@@ -37,6 +37,9 @@ class SmsKaSim(SimProvider):
     def is_traffic(self, req: SimRequest) -> bool:
         return req.form.get("Action", "") != "balance"
 
+    def is_status(self, req: SimRequest) -> bool:
+        return req.form.get("Action", "") == "query"
+
     def internal_error(self, req: SimRequest) -> SimResponse:
         return self._error("-3")
 

@@ -54,6 +54,9 @@ class SmsTeleSim(SimProvider):
     def _error(self, code: str, description: str) -> SimResponse:
         return self.json_reply({"error": code, "description": description})
 
+    def is_status(self, req: SimRequest) -> bool:
+        return req.path.strip("/") == "status"
+
     def route(self, req: SimRequest) -> SimResponse:
         f = req.form
         path = req.path.strip("/")
