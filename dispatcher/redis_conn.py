@@ -169,13 +169,13 @@ def client_for(url: str, socket_timeout: float = 5.0, connect_timeout: float = 3
     from redis.sentinel import Sentinel
 
     target = parse_sentinel(url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis.sentinel has no annotations
+    sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # annotated from redis-py 8.2
         list(target.sentinels),
         sentinel_kwargs=_sentinel_kwargs(target, connect_timeout),
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
     )
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
         target.master_name,
         db=target.db,
         username=target.username,
