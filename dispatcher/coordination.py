@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,8 +100,31 @@ class Coordinator:
     def get_value(self, name: str) -> str | None:
         raise NotImplementedError
 
-    def add(self, name: str, amount: int = 1) -> int:
-        """Add to the counter ``name`` (read with ``get_value``); returns the new total."""
+    def add(self, name: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Add to the counter ``name`` (read with ``get_value``); returns the new total.
+        ``ttl``: the counter lapses that many seconds from now; without one it keeps
+        the TTL it was set with."""
+        raise NotImplementedError
+
+    def tickets_add(self, name: str, tickets: Sequence[str], ttl: float) -> None:
+        """Hold each of ``tickets`` under ``name`` for ``ttl`` seconds: a set whose members
+        lapse on their own (work handed out and not yet started)."""
+        raise NotImplementedError
+
+    def tickets_take(self, name: str, ticket: str) -> bool:
+        """Drop ``ticket`` from ``name``; True when it was there."""
+        raise NotImplementedError
+
+    def tickets_held(self, name: str) -> int:
+        """The tickets under ``name`` that have not lapsed."""
+        raise NotImplementedError
+
+    def tally(self, name: str, counts: Mapping[str, int]) -> None:
+        """Add ``counts`` to the counters of ``name``, all at once."""
+        raise NotImplementedError
+
+    def take_tally(self, name: str) -> dict[str, int]:
+        """The counters of ``name``, emptied in the same step (none counted twice or lost)."""
         raise NotImplementedError
 
     def reset(self) -> None:
@@ -210,6 +233,25 @@ return {1, exact(wait)}
 """
 )
 
+# Tickets: a sorted set scored by the Redis time each member lapses at.
+_TICKETS_ADD = (
+    _NOW
+    + """
+local ttl = tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], now + ttl, ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], ttl + 1000)
+return 0
+"""
+)
+
+_TICKETS_HELD = (
+    _NOW
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+
 _STATE = (
     _NOW
     + """
@@ -232,6 +274,8 @@ class RedisCoordinator(Coordinator):
         self._reserve = self.client.register_script(_RESERVE)
         self._rate = self.client.register_script(_RATE)
         self._state = self.client.register_script(_STATE)
+        self._tickets_add = self.client.register_script(_TICKETS_ADD)
+        self._tickets_held = self.client.register_script(_TICKETS_HELD)
 
     def breaker_allows(self, name: str, probe_ttl: float) -> int:
         return int(self._allow(keys=[f"{PREFIX}breaker:{name}"], args=[int(probe_ttl * 1000)]))
@@ -309,8 +353,38 @@ class RedisCoordinator(Coordinator):
         value: Any = self.client.get(f"{PREFIX}value:{name}")
         return value.decode() if isinstance(value, bytes) else value
 
-    def add(self, name: str, amount: int = 1) -> int:
-        return int(self.client.incrby(f"{PREFIX}value:{name}", amount))
+    def add(self, name: str, amount: int = 1, ttl: float | None = None) -> int:
+        key = f"{PREFIX}value:{name}"
+        if ttl is None:
+            return int(self.client.incrby(key, amount))
+        pipe = self.client.pipeline()
+        pipe.incrby(key, amount)
+        pipe.pexpire(key, max(1, int(ttl * 1000)))
+        total, _ = pipe.execute()
+        return int(total)
+
+    def tickets_add(self, name: str, tickets: Sequence[str], ttl: float) -> None:
+        if tickets:
+            self._tickets_add(keys=[f"{PREFIX}tickets:{name}"], args=[max(1, int(ttl * 1000)), *tickets])
+
+    def tickets_take(self, name: str, ticket: str) -> bool:
+        return bool(self.client.zrem(f"{PREFIX}tickets:{name}", ticket))
+
+    def tickets_held(self, name: str) -> int:
+        return int(self._tickets_held(keys=[f"{PREFIX}tickets:{name}"]))
+
+    def tally(self, name: str, counts: Mapping[str, int]) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        for field_name, amount in counts.items():
+            pipe.hincrby(f"{PREFIX}tally:{name}", field_name, amount)
+        pipe.execute()
+
+    def take_tally(self, name: str) -> dict[str, int]:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hgetall(f"{PREFIX}tally:{name}")
+        pipe.delete(f"{PREFIX}tally:{name}")
+        found, _ = pipe.execute()
+        return {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in found.items()}
 
     def reset(self) -> None:
         keys = list(self.client.scan_iter(f"{PREFIX}*"))
@@ -386,6 +460,8 @@ class MemoryCoordinator(Coordinator):
         self._locks: dict[str, tuple[str, float]] = {}  # name -> (token, until)
         self._values: dict[str, str] = {}
         self._expiry: dict[str, float] = {}  # name -> monotonic time it lapses
+        self._tickets: dict[str, dict[str, float]] = {}  # name -> ticket -> monotonic time it lapses
+        self._tallies: dict[str, dict[str, int]] = {}
 
     def _b(self, name: str) -> dict[str, float]:
         return self._breakers.setdefault(
@@ -496,14 +572,48 @@ class MemoryCoordinator(Coordinator):
                 self._expiry.pop(name, None)
             return self._values.get(name)
 
-    def add(self, name: str, amount: int = 1) -> int:
+    def add(self, name: str, amount: int = 1, ttl: float | None = None) -> int:
         with self._lock:
+            now = time.monotonic()
+            if self._expiry.get(name, float("inf")) <= now:  # lapsed, as in Redis
+                self._values.pop(name, None)
+                self._expiry.pop(name, None)
             total = int(self._values.get(name, "0")) + amount
             self._values[name] = str(total)
+            if ttl is not None:
+                self._expiry[name] = now + ttl
             return total
+
+    def tickets_add(self, name: str, tickets: Sequence[str], ttl: float) -> None:
+        until = time.monotonic() + ttl
+        with self._lock:
+            self._tickets.setdefault(name, {}).update(dict.fromkeys(tickets, until))
+
+    def tickets_take(self, name: str, ticket: str) -> bool:
+        with self._lock:
+            return self._tickets.get(name, {}).pop(ticket, None) is not None
+
+    def tickets_held(self, name: str) -> int:
+        now = time.monotonic()
+        with self._lock:
+            held = {t: until for t, until in self._tickets.get(name, {}).items() if until > now}
+            self._tickets[name] = held
+            return len(held)
+
+    def tally(self, name: str, counts: Mapping[str, int]) -> None:
+        with self._lock:
+            kept = self._tallies.setdefault(name, {})
+            for field_name, amount in counts.items():
+                kept[field_name] = kept.get(field_name, 0) + amount
+
+    def take_tally(self, name: str) -> dict[str, int]:
+        with self._lock:
+            return self._tallies.pop(name, {})
 
     def reset(self) -> None:
         with self._lock:
+            self._tickets.clear()
+            self._tallies.clear()
             self._breakers.clear()
             self._tat.clear()
             self._locks.clear()

@@ -167,6 +167,27 @@ def test_locks_and_values(coordinator: Coordinator) -> None:
     assert coordinator.get_value("balance:none") is None
 
 
+def test_tickets_lapse_on_their_own_and_tallies_are_taken_whole(coordinator: Coordinator) -> None:
+    """Poll groups handed out and not yet started are tickets: a started group takes its
+    own off, a group that never ran lapses; first-poll samples are tallied by every
+    worker and taken by one, none counted twice."""
+    coordinator.tickets_add("g", ["a", "b", "c"], ttl=0.3)
+    coordinator.tickets_add("g", ["d"], ttl=10)
+    assert coordinator.tickets_held("g") == 4
+    assert coordinator.tickets_take("g", "a") and not coordinator.tickets_take("g", "a")
+    time.sleep(0.4)  # b and c never started
+    assert coordinator.tickets_held("g") == 1
+    assert coordinator.tickets_held("none") == 0
+    coordinator.tally("t", {"n": 3, "hits": 2})
+    coordinator.tally("t", {"n": 1, "hits": 0})
+    assert coordinator.take_tally("t") == {"n": 4, "hits": 2}
+    assert coordinator.take_tally("t") == {}
+    coordinator.add("c", 2, ttl=0.2)
+    assert coordinator.add("c", 1) == 3  # keeps its TTL
+    time.sleep(0.3)
+    assert coordinator.get_value("c") is None and coordinator.add("c", 1) == 1
+
+
 def test_a_slow_holder_cannot_release_the_next_holders_lock(coordinator: Coordinator) -> None:
     slow = coordinator.acquire_lock("run:y", ttl=0.2)
     assert slow is not None
