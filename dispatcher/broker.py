@@ -31,6 +31,7 @@ CONTROL_QUEUE = "sms.control"
 POLL_QUEUE = "sms.poll"
 SEND_TASK = "smsdispatch.send"
 SEND_MANY_TASK = "smsdispatch.send_many"
+POLL_GROUP_TASK = "smsdispatch.poll_group"
 
 app = Celery("smsdispatch", include=["workers.tasks"])
 
@@ -121,6 +122,7 @@ def configure(settings: Settings) -> Celery:
             "smsdispatch.sweep": {"queue": CONTROL_QUEUE},
             "smsdispatch.balances": {"queue": CONTROL_QUEUE},
             "smsdispatch.poll": {"queue": POLL_QUEUE},
+            POLL_GROUP_TASK: {"queue": POLL_QUEUE},
             "smsdispatch.status_queue": {"queue": POLL_QUEUE},
             # Housekeeping: a slow receiver or a long purge never holds a send slot.
             "smsdispatch.callbacks": {"queue": CONTROL_QUEUE},
@@ -224,6 +226,16 @@ def publish_many(items: Sequence[tuple[str, str, str | None]]) -> None:
                     linger = router.lingers(router.first_choice(chunk[0], pinned))
                     app.send_task(SEND_TASK, args=chunk, kwargs={"linger": True} if linger else None,
                                   queue=QUEUES["normal"], producer=producer)  # fmt: skip
+
+
+def publish_poll_groups(provider: str, tickets: Sequence[str], expires: float) -> None:
+    """Publish a poll-group task for ``provider`` on sms.poll per ticket, over one
+    producer connection. Each expires unrun after ``expires`` seconds: the next rounds
+    publish what is still due then, so a stopped poll pool never finds a pile."""
+    with app.producer_or_acquire() as producer:
+        for ticket in tickets:
+            app.send_task(POLL_GROUP_TASK, args=[provider, ticket], queue=POLL_QUEUE, expires=expires,
+                          producer=producer)  # fmt: skip
 
 
 def queue_depth(priority: str) -> int | None:

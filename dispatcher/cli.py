@@ -125,13 +125,16 @@ def run_providers(args: argparse.Namespace) -> int:
     def table() -> str:
         return render_table(
             ["provider", "kind", "prio", "on", "breaker", "rate/s", "balance", "24h sent", "parts", "cost",
-             "attention / last error"],
+             "polls due (lag)", "status/s", "1st poll", "attention / last error"],
             [[r["provider"], r["kind"], r["priority"], "yes" if r["enabled"] else "no",
               r["breaker"] + (f" ({r['breaker_retry_in']:.0f}s)" if r["breaker"] == "open" else ""),
               r["rate_limit"] or "-",
               "" if r["balance"] is None else f"{r['balance']:.2f} {r['currency'] or ''}".strip()
               + (f" +{r['credit']:.2f} credit" if r["credit"] else ""),
               r["sent_24h"], r["parts_24h"], "" if r["cost_24h"] is None else f"{r['cost_24h']:.2f}",
+              f"{r['polls_due']} ({r['poll_lag_s']:.0f}s)",
+              "-" if r["status_calls_per_s"] is None else f"{r['status_calls_per_s']:.1f}",
+              "-" if r["first_poll_s"] is None else f"{r['first_poll_s']:g}s",
               ("ATTENTION " + r["attention"] if r["attention"] else r["last_error"] or "")[:100]]
              for r in rows],
         )  # fmt: skip
@@ -140,7 +143,9 @@ def run_providers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@command("providers", "provider instances: priority, circuit breaker, rate limit, balance, last error")
+@command(
+    "providers", "provider instances: priority, circuit breaker, rate limit, balance, polling, last error"
+)
 def _providers_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 

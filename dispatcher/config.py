@@ -55,6 +55,10 @@ class ProviderConfig:
     timeout: float = 10.0  # read timeout of one provider call, seconds
     connect_timeout: float = 3.0
     rate_limit: float = 0.0  # messages per second across all workers; 0 = unlimited
+    # Status calls per second across all workers: None shares ``rate_limit`` with the
+    # sends (one budget for the account); a number gives the status endpoint its own
+    # (0 = unlimited), for a document or an operator that limits it apart.
+    status_rate_limit: float | None = None
     max_retries: int = 3  # retries on the same provider before failing over
     # What to do when a worker died between the provider's answer and the ledger:
     # at-most-once marks the message `unknown`; at-least-once sends it again.
@@ -69,6 +73,14 @@ class ProviderConfig:
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)
+
+    @property
+    def status_rate(self) -> tuple[str, float]:
+        """The rate-limit bucket status calls take their slots from, and its rate: the
+        sends' own (``NAME``) unless ``status_rate_limit`` is set (``NAME:status``)."""
+        if self.status_rate_limit is None:
+            return self.name, self.rate_limit
+        return f"{self.name}:status", self.status_rate_limit
 
 
 @dataclass(frozen=True)
@@ -113,16 +125,26 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class PollingConfig:
-    interval: float = 5.0  # seconds between poll rounds of one provider (beat)
+    # Seconds between poll rounds of one provider (beat): a round claims nothing itself,
+    # it counts the due polls and publishes poll groups for the workers of sms.poll.
+    interval: float = 2.0
     # Seconds from one status poll of a message to the next, growing with its age; the
-    # last one repeats. Bounded cost with many messages in flight.
+    # last one repeats. Bounded cost with many messages in flight. The first poll comes
+    # when the provider usually delivers (learnt, between `first_poll_floor` and
+    # intervals[0]); the next ones follow these gaps.
     intervals: tuple[float, ...] = (10.0, 30.0, 60.0, 300.0, 900.0)
-    max_calls_per_cycle: int = 50  # status calls per provider per round
+    first_poll_floor: float = 1.0  # the earliest a learnt first poll comes after acceptance
+    group_calls: int = 25  # status calls per poll group (one task), made concurrently
+    # An optional safety cap on status calls per provider per round; 0: none (the rate
+    # limit and the workers bound the pace).
+    max_calls_per_cycle: int = 0
     # prostor with a status queue: a message the queue has not reported this long
     # after acceptance is polled by id as a fallback.
     queue_fallback_after: float = 900.0
     queue_interval: float = 5.0  # seconds between status queue drains
-    queue_rounds: int = 10  # drains of up to 1000 per run while the queue stays full
+    # Drains of up to 1000 per task while the queue stays full; a queue still full then
+    # is drained on by a next task at once, not at the next beat.
+    queue_rounds: int = 10
     balance_interval: float = 60.0  # seconds between balance reads
 
 
@@ -309,7 +331,9 @@ _LIMITS: dict[str, _Limit] = {
     "pipeline.linger": _Limit(0.0, high=10.0),
     "polling.interval": _DURATION,  # 0: poll rounds back to back
     "polling.intervals": _DURATION,  # each entry; 0 would poll a message on every round
-    "polling.max_calls_per_cycle": _Limit(1.0, high=100000.0),  # 0 would never poll
+    "polling.max_calls_per_cycle": _Limit(0.0, high=100000.0),  # 0: no cap
+    "polling.first_poll_floor": _DURATION,  # 0 would ask before any provider could know
+    "polling.group_calls": _Limit(1.0, high=1000.0),  # 0 would make no status call at all
     # 0 is meaningful: poll every message by id as well as by the queue.
     "polling.queue_fallback_after": _DURATION_OR_ZERO,
     "polling.queue_interval": _DURATION,
@@ -331,6 +355,7 @@ _LIMITS: dict[str, _Limit] = {
     # Messages per second; 0 = unlimited. Checked again below: a tiny positive rate
     # (1e-300) would make every message wait for ever.
     "provider.rate_limit": _ZERO_OR_MORE,
+    "provider.status_rate_limit": _ZERO_OR_MORE,
     "provider.max_retries": _Limit(0.0, high=100.0),  # 0: fail over after the first failure
     "provider.reconcile_after": _DURATION_OR_ZERO,  # 0: ask about a call in doubt at once
     # Any finite amount: an account on credit may be allowed below zero.
@@ -378,6 +403,17 @@ def _limited(
     return value
 
 
+def _rate(table: Mapping[str, Any], key: str, where: str, default: float | None) -> float | None:
+    """A per-second rate: 0 (unlimited) or at least MIN_RATE."""
+    value = _limited(table, key, where, _NUMBER, default)
+    if value is None:
+        return None
+    rate = float(value)
+    if 0 < rate < MIN_RATE:
+        raise ConfigError(f"{where}{key}", f"0 (unlimited) or at least {MIN_RATE:g} per second, got {rate:g}")
+    return rate
+
+
 def _provider(name: str, table: Any) -> ProviderConfig:
     where = f"providers.{name}."
     if not _INSTANCE_NAME.match(name):
@@ -394,8 +430,8 @@ def _provider(name: str, table: Any) -> ProviderConfig:
     adapter = adapter_class(kind)
     common = {
         "kind", "base_url", "login", "password", "sender", "priority", "enabled", "timeout",
-        "connect_timeout", "rate_limit", "max_retries", "delivery_guarantee", "balance_threshold",
-        "on_horizon", "reconcile_after",
+        "connect_timeout", "rate_limit", "status_rate_limit", "max_retries", "delivery_guarantee",
+        "balance_threshold", "on_horizon", "reconcile_after",
     }  # fmt: skip
     _reject_unknown(table, common | set(adapter.OPTIONS), where)
 
@@ -425,11 +461,8 @@ def _provider(name: str, table: Any) -> ProviderConfig:
         raise ConfigError(f"{where}delivery_guarantee", f"one of {', '.join(GUARANTEES)}")
     timeout = float(_limited(table, "timeout", where, _NUMBER, 10.0))
     connect_timeout = float(_limited(table, "connect_timeout", where, _NUMBER, 3.0))
-    rate_limit = float(_limited(table, "rate_limit", where, _NUMBER, 0.0))
-    if 0 < rate_limit < MIN_RATE:
-        raise ConfigError(
-            f"{where}rate_limit", f"0 (unlimited) or at least {MIN_RATE:g} per second, got {rate_limit:g}"
-        )
+    rate_limit = _rate(table, "rate_limit", where, 0.0)
+    status_rate = _rate(table, "status_rate_limit", where, None)
     reconcile_after = float(_limited(table, "reconcile_after", where, _NUMBER, 5.0))
     max_retries = _limited(table, "max_retries", where, int, 3)
     priority = _limited(table, "priority", where, int, 100)
@@ -458,7 +491,8 @@ def _provider(name: str, table: Any) -> ProviderConfig:
         enabled=_take(table, "enabled", where, bool, True),
         timeout=timeout,
         connect_timeout=connect_timeout,
-        rate_limit=rate_limit,
+        rate_limit=rate_limit or 0.0,
+        status_rate_limit=status_rate,
         max_retries=max_retries,
         delivery_guarantee=guarantee,
         reconcile_after=reconcile_after,

@@ -1,7 +1,7 @@
 """An in-process worker pool and beat, for running without a broker (the demo on a
-fresh machine). The same ``SendPipeline``, groups, sweeper, tracking and list of
-periodic jobs (``dispatcher.schedule``) the Celery tasks run; only the queue (an
-in-memory delay queue) and the coordination (``MemoryCoordinator``) differ. Not for
+fresh machine). The same ``SendPipeline``, groups, sweeper, poll rounds and groups and
+list of periodic jobs (``dispatcher.schedule``) the Celery tasks run; only the queue
+(an in-memory delay queue) and the coordination (``MemoryCoordinator``) differ. Not for
 production: a crash loses the queue, though never the ledger, whose sweeper
 republishes what it finds on the next start.
 """
@@ -23,9 +23,13 @@ from dispatcher.retention import purge_due
 from dispatcher.schedule import jobs
 from dispatcher.sending import SendPipeline
 from dispatcher.sweeper import sweep
-from dispatcher.tracking import drain_status_queue, poll_due, read_balances
+from dispatcher.tracking import Poller, read_balances
 
 log = logging.getLogger("smsdispatch.embedded")
+
+Job = Callable[[], object]
+# The in-process queues, served in this order: codes before bulk, sends before polls.
+QUEUES = ("high", "normal", "poll")
 
 
 class EmbeddedRunner:
@@ -35,7 +39,9 @@ class EmbeddedRunner:
         # passes its own, so that it sees the breakers this pool opens.
         self.coordinator = coordinator if coordinator is not None else MemoryCoordinator()
         self.pipeline = SendPipeline(settings, self.publish, self.coordinator)
-        self._heaps: dict[str, list[tuple[float, int, tuple[str, ...]]]] = {"high": [], "normal": []}
+        self.poller = Poller(settings, self.coordinator, self.pipeline.calls, self.publish_poll_groups,
+                             self.pipeline.first_polls)  # fmt: skip
+        self._heaps: dict[str, list[tuple[float, int, Job]]] = {q: [] for q in QUEUES}
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -46,12 +52,15 @@ class EmbeddedRunner:
         self.processed = 0
 
     def publish(self, message_id: str, priority: str, countdown: float = 0.0) -> None:
-        self._push((message_id,), priority, countdown)
+        self._push(lambda: self._send((message_id,)), "high" if priority == "high" else "normal", countdown)
 
-    def _push(self, ids: tuple[str, ...], priority: str, countdown: float = 0.0) -> None:
+    def publish_poll_groups(self, provider: str, tickets: Sequence[str], expires: float) -> None:
+        for ticket in tickets:
+            self._push(lambda ticket=ticket: self.poller.poll_group(provider, ticket), "poll")  # type: ignore[misc]
+
+    def _push(self, job: Job, queue: str, countdown: float = 0.0) -> None:
         with self._cond:
-            heap = self._heaps["high" if priority == "high" else "normal"]
-            heapq.heappush(heap, (time.monotonic() + countdown, next(self._seq), ids))
+            heapq.heappush(self._heaps[queue], (time.monotonic() + countdown, next(self._seq), job))
             self._cond.notify()
 
     def publish_many(self, items: Sequence[tuple[str, str, str | None]]) -> None:
@@ -65,8 +74,16 @@ class EmbeddedRunner:
         for pinned, ids in bulk.items():
             size = self.pipeline.router.group_size(pinned)
             for start in range(0, len(ids), size):
-                self._push(tuple(ids[start : start + size]), "normal")
+                group = tuple(ids[start : start + size])
+                self._push(lambda group=group: self._send(group), "normal")  # type: ignore[misc]
         # (A lone message is not lingered here: the in-process queue hands groups over.)
+
+    def _send(self, ids: tuple[str, ...]) -> None:
+        if len(ids) == 1:
+            self.pipeline.process(ids[0])
+        else:
+            self.pipeline.process_many(ids)
+        self.processed += len(ids)
 
     def start(self) -> EmbeddedRunner:
         for thread in self._threads:
@@ -81,12 +98,11 @@ class EmbeddedRunner:
             thread.join(10)
         self.pipeline.close()
 
-    def _next(self) -> tuple[str, ...] | None:
+    def _next(self) -> Job | None:
         with self._cond:
             while not self._stop.is_set():
                 now = time.monotonic()
-                # Codes first: a due high-priority message always goes before bulk.
-                for name in ("high", "normal"):
+                for name in QUEUES:
                     heap = self._heaps[name]
                     if heap and heap[0][0] <= now:
                         return heapq.heappop(heap)[2]
@@ -95,26 +111,26 @@ class EmbeddedRunner:
         return None
 
     def _work(self) -> None:
-        while (ids := self._next()) is not None:
+        while (job := self._next()) is not None:
             try:
-                if len(ids) == 1:
-                    self.pipeline.process(ids[0])
-                else:
-                    self.pipeline.process_many(ids)
+                job()
             except Exception:
-                log.exception("send of %s failed", ids)
-            self.processed += len(ids)
+                log.exception("an embedded job failed")
 
     def _beat(self) -> None:
-        pipeline, settings, coordinator = self.pipeline, self.settings, self.coordinator
+        pipeline, settings, coordinator, poller = self.pipeline, self.settings, self.coordinator, self.poller
 
         def drain(name: str) -> object:
-            return drain_status_queue(settings, pipeline.provider(name))
+            # A queue left full is drained on at once, as the Celery task chains itself:
+            # by a job of the poll queue, so that beat goes on meanwhile.
+            if poller.drain_queue(name).more:
+                self._push(lambda: drain(name), "poll")
+            return None
 
         run: dict[str, Callable[..., object]] = {
             "smsdispatch.sweep": lambda: sweep(pipeline),
             "smsdispatch.balances": lambda: read_balances(settings, coordinator),
-            "smsdispatch.poll": lambda name: poll_due(settings, coordinator, pipeline.provider(name)),
+            "smsdispatch.poll": poller.dispatch,
             "smsdispatch.status_queue": drain,
             "smsdispatch.callbacks": lambda: deliver_due(settings),
             "smsdispatch.purge": lambda: purge_due(settings),

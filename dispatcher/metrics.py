@@ -85,6 +85,14 @@ PROVIDER_CALL_SECONDS = Histogram(
     # From a provider on the same network up to the longest timeout a provider gets.
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )  # fmt: skip
+STATUS_CHECKS = Counter(
+    "smsdispatch_status_checks",
+    "Messages asked about by a status poll, by what the answer was: final, changed (not yet final),"
+    " unchanged (a call spent on 'not yet'), odd (a word we do not read), horizon (no final status"
+    " past the horizon: ended), failed (no answer).",
+    ["provider", "result"],
+)  # fmt: skip
+STATUS_CHECK_RESULTS = ("final", "changed", "unchanged", "odd", "horizon", "failed")
 RETRIES = Counter("smsdispatch_retries", "Messages sent again to the same provider after a backoff.",
                   ["provider"])  # fmt: skip
 FAILOVERS = Counter(
@@ -141,12 +149,17 @@ def count_ends(session: Session, ends: Iterable[tuple[str | None, Status]]) -> N
 
 
 def declare(providers: Iterable[str]) -> None:
-    """Start every (provider, end status) series at 0. Prometheus takes no increase
-    from a series whose first sample already counts: without this, a provider's first
-    burst of ``unknown`` (or any first end) would never reach ``increase()`` in a rule."""
+    """Start every (provider, end status) and (provider, status check result) series at
+    0. Prometheus takes no increase from a series whose first sample already counts:
+    without this, a provider's first burst of ``unknown`` (or any first end) would never
+    reach ``increase()`` in a rule."""
+    providers = list(providers)
     for provider in (*providers, NO_PROVIDER):
         for status in ENDS:
             MESSAGES_FINAL.labels(provider, status.value)
+    for provider in providers:
+        for result in STATUS_CHECK_RESULTS:
+            STATUS_CHECKS.labels(provider, result)
 
 
 def observe_call(provider: str, kind: str, outcome: str, seconds: float) -> None:

@@ -32,8 +32,17 @@ class Message(MessageBase, table=True):
     __table_args__ = (
         # the sweeper: queued/scheduled messages that are due
         Index("ix_messages_status_due", "status", "due_at"),
-        # the pollers (delivery tracking): in-flight messages per provider by next poll
+        # in-flight messages per provider and status (the metrics' gauges)
         Index("ix_messages_provider_status_poll", "provider", "status", "next_poll_at"),
+        # the pollers: due polls of a provider, oldest first, in one ordered read; only
+        # the messages in flight are in it (a claim names the statuses as literals)
+        Index(
+            "ix_messages_poll_due",
+            "provider",
+            "next_poll_at",
+            postgresql_where=text("status IN ('accepted', 'sent') AND provider_message_id IS NOT NULL"),
+            sqlite_where=text("status IN ('accepted', 'sent') AND provider_message_id IS NOT NULL"),
+        ),
         # search: by recipient, by the provider's id alone, by client, newest first;
         # retention walks created_at
         Index("ix_messages_to_created", "to", "created_at", "id"),

@@ -49,7 +49,11 @@ def _provider_rows(
     from sqlalchemy import func, select
 
     from dispatcher.coordination import coordinator_for
+    from dispatcher.ledger import due_polls
     from dispatcher.models import ATTEMPTS, BALANCES
+    from dispatcher.tracking import FirstPolls
+    from dispatcher.tracking.pace import status_calls_per_second
+    from dispatcher.tracking.poller import quiet_before
 
     coordinator = coordinator_for(settings.broker_url)
     day_ago = datetime.now(UTC) - timedelta(days=1)
@@ -74,17 +78,23 @@ def _provider_rows(
         # Redis down: the ledger's facts still answer, the breaker is "unknown". Asked
         # once: an unreachable Redis costs its timeout once, not once per provider.
         state, retry_in, opens, attention = "unknown", 0.0, 0, None
+        learnt, calls_per_s = None, None
         if not redis_down:
             try:
                 breaker = coordinator.breaker_state(pc.name)
                 state, retry_in, opens = breaker.state, round(breaker.retry_in, 1), breaker.opens
                 attention = coordinator.get_value(f"attention:{pc.name}") or None
+                learnt = FirstPolls(settings, coordinator).learnt(pc.name)
+                calls_per_s = round(status_calls_per_second(coordinator, pc.name), 2)
             except (RedisError, OSError) as exc:
                 if not redis_optional:
                     raise
                 log.warning("providers: the coordinator is unreadable: %s", type(exc).__name__)
                 redis_down = True
                 state, retry_in, opens, attention = "unknown", 0.0, 0, None
+                learnt, calls_per_s = None, None
+        now = datetime.now(UTC)
+        due, oldest = due_polls(s, pc.name, now, quiet_before=quiet_before(settings, pc, now))
         row = {
             "provider": pc.name, "kind": pc.kind, "priority": pc.priority, "enabled": pc.enabled,
             "breaker": state, "breaker_retry_in": retry_in,
@@ -98,6 +108,13 @@ def _provider_rows(
             "last_error_at": failed.finished_at.isoformat() if failed and failed[1] else None,
             # A refusal of our request or account in the last day (the send path's note).
             "attention": attention,
+            # Tracking: polls due now and the oldest one's age (the poll lag), status calls
+            # per second lately, and the learnt delay from acceptance to the first poll.
+            "polls_due": due,
+            "poll_lag_s": round(max(0.0, (now - oldest).total_seconds()), 1) if oldest else 0.0,
+            "status_calls_per_s": calls_per_s,
+            "first_poll_s": round(learnt.delay, 2) if learnt else None,
+            "first_poll_share": learnt.share if learnt else None,
         }  # fmt: skip
         if spend:
             spent = s.execute(

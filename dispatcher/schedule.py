@@ -18,9 +18,9 @@ class Job:
 
 
 def jobs(settings: Settings) -> list[Job]:
-    """The sweeper, the balance reader, callback delivery, retention, a status poll
-    per provider instance, and a
-    status-queue drain per instance that has a queue configured."""
+    """The sweeper, the balance reader, callback delivery, retention, a poll round per
+    provider instance (it publishes the poll groups the workers of sms.poll run), and
+    a status-queue drain per instance that has a queue configured."""
     p, pol = settings.pipeline, settings.polling
     out = [
         Job("sweep", "smsdispatch.sweep", p.sweeper_interval),

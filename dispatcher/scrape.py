@@ -76,7 +76,9 @@ class LedgerCollector(Collector):
         from dispatcher.callbacks import outbox_totals
         from dispatcher.db import session_scope
         from dispatcher.health import stuck_messages
+        from dispatcher.ledger import due_polls
         from dispatcher.models import BALANCES, MESSAGES, utcnow
+        from dispatcher.tracking.poller import quiet_before
 
         passing = sorted(st.value for st in Status if not st.is_final)
         names = [pc.name for pc in self.settings.providers]
@@ -110,7 +112,12 @@ class LedgerCollector(Collector):
             readings = s.execute(union_all(*(select(one) for one in newest))).all() if newest else []
             outbox = outbox_totals(s, utcnow())
             stuck = stuck_messages(self.settings, s)
-        now = utcnow()
+            now = utcnow()
+            # Two ordered reads of ix_messages_poll_due per provider (the count up to 100,000).
+            polls = {
+                pc.name: due_polls(s, pc.name, now, quiet_before=quiet_before(self.settings, pc, now))
+                for pc in self.settings.providers
+            }
         messages = GaugeMetricFamily(
             "smsdispatch_messages",
             "Messages now in a status they pass through (queued, scheduled, sending, accepted, sent,"
@@ -149,7 +156,17 @@ class LedgerCollector(Collector):
                               "Age of the oldest pending status callback (0 when none).",
                               value=outbox["oldest_pending_age_s"] or 0.0),
         ]  # fmt: skip
-        return [messages, balance, age, stuck_gauge, *callbacks], {"stuck": stuck}
+        lag = GaugeMetricFamily(
+            "smsdispatch_poll_lag_seconds",
+            "Age of the oldest due status poll (0 when none is due): how far polling is behind.",
+            labels=["provider"],
+        )
+        due = GaugeMetricFamily("smsdispatch_polls_due", "Status polls due and not yet asked (counted up to"
+                                " 100,000).", labels=["provider"])  # fmt: skip
+        for name, (n, oldest) in sorted(polls.items()):
+            lag.add_metric([name], max(0.0, (now - oldest).total_seconds()) if oldest else 0.0)
+            due.add_metric([name], float(n))
+        return [messages, balance, age, stuck_gauge, *callbacks, lag, due], {"stuck": stuck}
 
     def _redis(self) -> tuple[list[Metric], dict[str, Any]]:
         from dispatcher.coordination import coordinator_for

@@ -7,11 +7,13 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, insert, text
 
 from dispatcher import config, db
 from dispatcher.models import utcnow
@@ -39,7 +41,7 @@ FAST_PIPELINE: dict[str, Any] = {
 
 
 # Polls every fraction of a second, so delivery reaches the ledger within a test.
-SCHEMA_HEAD = "0005"  # the newest migration (dispatcher/migrations/versions/)
+SCHEMA_HEAD = "0006"  # the newest migration (dispatcher/migrations/versions/)
 FAST_POLLING: dict[str, Any] = {"interval": 0.3, "intervals": [0.3, 0.5, 1.0], "queue_interval": 0.3}
 
 
@@ -234,3 +236,69 @@ def run_cli(config_path: Path, *args: str, timeout: float = 120) -> subprocess.C
         host_argv(DOCTOR, *args[1:]) if args and args[0] == "doctor" else host_argv(("smsdispatch",), *args)
     )
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+class InlinePolls:
+    """The poll path in this process, on the real ledger, Redis and simulator: a round
+    publishes its groups here, and ``round`` runs them at once, one after another."""
+
+    def __init__(self, settings: config.Settings, coordinator: Any = None) -> None:
+        from dispatcher.coordination import coordinator_for
+        from dispatcher.providers.pool import ProviderPool
+        from dispatcher.tracking import Poller
+
+        self.published: list[tuple[str, list[str], float]] = []
+        self.calls = ProviderPool(settings)
+        self.coordinator = coordinator if coordinator is not None else coordinator_for(REDIS_URL)
+        self.poller = Poller(settings, self.coordinator, self.calls, self._publish)
+
+    def _publish(self, name: str, tickets: Any, expires: float) -> None:
+        self.published.append((name, list(tickets), expires))
+
+    def round(self, name: str) -> Any:
+        """One poll round of ``name`` and the groups it published; their stats summed
+        (``due``, ``published`` and ``expired`` are the round's)."""
+        stats = self.poller.dispatch(name)
+        tickets = [t for p, mine, _ in self.published if p == name for t in mine]
+        self.published = [p for p in self.published if p[0] != name]
+        for ticket in tickets:
+            done = self.poller.poll_group(name, ticket)
+            stats.calls += done.calls
+            stats.polled += done.polled
+            stats.changed += done.changed
+            stats.errors += done.errors
+        return stats
+
+    def close(self) -> None:
+        self.calls.close()
+
+
+def store_accepted(settings: config.Settings, kind: str, phones: list[str], *, age: float = 0.0,
+             due_ago: list[float] | None = None, with_ids: bool = True) -> list[str]:  # fmt: skip
+    """Messages the simulator really took, stored as accepted ``age`` seconds ago, each
+    due for a poll ``due_ago[i]`` seconds ago (never polled yet)."""
+    from dispatcher.models import MESSAGES
+    from dispatcher.providers import make_provider
+    from dispatcher.providers.base import OutgoingSms
+
+    provider = make_provider(settings.provider(kind))
+    try:
+        sent = provider.send(
+            [OutgoingSms(uuid.uuid4().hex, phone, f"track {n}") for n, phone in enumerate(phones)]
+        )
+    finally:
+        provider.close()
+    now = utcnow()
+    at = now - timedelta(seconds=age)
+    rows = [
+        {"id": o.id, "payload_hash": "x", "to": phone, "text": "t", "priority": "normal", "parts": 1,
+         "encoding": "gsm7", "status": "accepted", "provider": kind,
+         "provider_message_id": o.provider_message_id if with_ids else None, "attempts": 1, "retries": 0,
+         "failovers": 0, "tried": "", "polls": 0, "created_at": at, "updated_at": at,
+         "expires_at": now + timedelta(days=1), "due_at": at, "accepted_at": at,
+         "next_poll_at": now - timedelta(seconds=(due_ago or [0.0] * len(phones))[n])}
+        for n, (o, phone) in enumerate(zip(sent, phones, strict=True))
+    ]  # fmt: skip
+    with db.session_scope() as s:
+        s.execute(insert(MESSAGES), rows)
+    return [o.id for o in sent]

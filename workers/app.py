@@ -59,13 +59,14 @@ from dispatcher.broker import (  # noqa: E402 - only once the configuration is k
     configure,
     publish,
     publish_many,
+    publish_poll_groups,
     queue_depth,
 )
 from dispatcher.config import Settings, get_settings  # noqa: E402
 
 __all__ = [
     "CONTROL_QUEUE", "POLL_QUEUE", "QUEUES", "SEND_MANY_TASK", "SEND_TASK", "app", "beat_schedule",
-    "configure", "publish", "publish_many", "queue_depth",
+    "configure", "publish", "publish_many", "publish_poll_groups", "queue_depth",
 ]  # fmt: skip
 
 

@@ -20,8 +20,8 @@ import logging
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -35,11 +35,12 @@ from dispatcher.decisions import CONTINUE, Action, Decision, Outcome, StopNote
 from dispatcher.errors import ProviderError, RetryableError
 from dispatcher.ledger import Claimed
 from dispatcher.models import Attempt, utcnow
-from dispatcher.providers import make_provider
 from dispatcher.providers.base import NEEDS_OPERATOR, MessageRef, OutgoingSms, Provider, SendOutcome
+from dispatcher.providers.pool import ProviderPool
 from dispatcher.sending.policy import Health, Verdict, classify, decide, lost_outcome
 from dispatcher.sending.router import Router
 from dispatcher.status import Status
+from dispatcher.tracking.timing import FirstPolls
 
 log = logging.getLogger("smsdispatch.pipeline")
 
@@ -101,31 +102,24 @@ class Step:
 
 
 class SendPipeline:
-    def __init__(self, settings: Settings, publish: Publish, coordinator: Coordinator) -> None:
+    def __init__(self, settings: Settings, publish: Publish, coordinator: Coordinator,
+                 calls: ProviderPool | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.publish = publish
         self.coordinator = coordinator
         self.router = Router(settings)
-        self._providers: dict[str, Provider] = {}
+        # The process's adapters and call threads, shared with the status polls.
+        self.calls = calls if calls is not None else ProviderPool(settings)
+        # When an accepted message is first polled: learnt per provider (tracking).
+        self.first_polls = FirstPolls(settings, coordinator)
         self._lock = threading.Lock()
-        self._executor: ThreadPoolExecutor | None = None
         self._breaker_seen: dict[str, tuple[float, bool]] = {}
 
     def provider(self, name: str) -> Provider:
-        with self._lock:
-            found = self._providers.get(name)
-            if found is None:
-                found = self._providers[name] = make_provider(self.settings.provider(name))
-            return found
+        return self.calls.get(name)
 
     def close(self) -> None:
-        with self._lock:
-            for provider in self._providers.values():
-                provider.close()
-            self._providers.clear()
-            if self._executor is not None:
-                self._executor.shutdown(wait=False)
-                self._executor = None
+        self.calls.close()
 
     @property
     def max_lease(self) -> float:
@@ -328,7 +322,7 @@ class SendPipeline:
         if len(units) == 1:
             results = [self._call_unit(units[0], began)]
         else:
-            futures = [self._pool().submit(self._call_unit, u, began) for u in units]
+            futures = [self.calls.submit(self._call_unit, u, began) for u in units]
             pending = set(futures)
             while pending:
                 # Calls queued behind others may outlast one call's lease: keep the
@@ -629,17 +623,24 @@ class SendPipeline:
         exists only in this worker's memory: ride out a database restart."""
         if not decisions:
             return
+        # When each accepted message is first polled, read before the transaction: a
+        # Redis that answers slowly must not hold the ledger's locks.
+        delays = {d.provider: self.first_polls.delay(d.provider) for d in decisions
+                  if d.action == Action.ACCEPT and d.provider}  # fmt: skip
 
         def write() -> list[tuple[str, str, float]]:
             with session_scope() as s:
-                return self._apply(s, decisions, utcnow(), source=source, group=group)
+                return self._apply(s, decisions, utcnow(), source=source, group=group, first_poll=delays)
 
         self._publish(write_through_outage(write))
 
     def _apply(self, s: Session, decisions: Sequence[Decision], now: datetime, *, group: Sequence[Claimed],
-               source: str = "send") -> list[tuple[str, str, float]]:  # fmt: skip
+               source: str = "send", first_poll: Mapping[str, float] | None = None,
+               ) -> list[tuple[str, str, float]]:  # fmt: skip
         """``ledger.apply`` in the caller's transaction; keeps the group's counters
-        in step and returns the tasks to publish once it commits."""
+        in step and returns the tasks to publish once it commits. ``first_poll``: the
+        first-poll delays of the providers that accepted, read before the transaction."""
+        delays = first_poll or {}
         if not decisions:
             return []
         held = {m.id: m for m in group}
@@ -647,8 +648,11 @@ class SendPipeline:
         # group (none today) lets the outbox statement look for itself.
         known = all(d.message_id in held for d in decisions)
         notify = {m.id for m in group if m.calls_back} if known else None
-        requeued = set(ledger.apply(s, decisions, now, first_poll=self.settings.polling.intervals[0],
-                                    source=source, notify=notify))  # fmt: skip
+
+        def first(provider: str) -> float:
+            return delays.get(provider) or self.first_polls.delay(provider)
+
+        requeued = set(ledger.apply(s, decisions, now, source=source, notify=notify, first_poll=first))
         _list_stopped(s, decisions)
         publish = []
         for d in decisions:
@@ -702,9 +706,3 @@ class SendPipeline:
             # claimed. Claim it now, lingering no more.
             return self.process(message_id)
         return "skipped"  # scheduled (the sweeper releases it), already sent, final
-
-    def _pool(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.settings.pipeline.call_concurrency, "sms-call")
-            return self._executor

@@ -287,6 +287,38 @@ def test_rates_spend_and_balances(ledger: config.Settings) -> None:
     assert figures.balances[-1]["amount"] == pytest.approx(100.0 + 2 * points - 1.5)  # a failed read is no 0
 
 
+def test_the_providers_page_shows_how_far_polling_is_behind(ledger: config.Settings) -> None:
+    """Tracking per provider: polls due, the oldest due poll's age, the calls a second of
+    the last minute and the learnt first-poll delay, as `smsdispatch providers` has them."""
+    now = datetime.now(UTC)
+    due = now - timedelta(seconds=400)
+    hour_ago = now - timedelta(hours=1)
+    rows = [
+        _message(n, "smska", hour_ago, accepted_at=hour_ago, provider_message_id=f"p{n}",
+                 next_poll_at=due + timedelta(seconds=n))
+        for n in range(1, 4)
+    ]  # fmt: skip
+    rows.append(_message(9, "smska", now, accepted_at=now, provider_message_id="p9",
+                         next_poll_at=now + timedelta(seconds=10)))  # not due yet  # fmt: skip
+    with db.session_scope(ledger.database_url) as s:
+        s.execute(insert(MESSAGES), rows)
+    coordinator = coordinator_for(ledger.broker_url)
+    coordinator.reset()
+    coordinator.set_value("poll_first:smska", "2.5")
+    coordinator.set_value("poll_first_share:smska", "0.480/200")
+    client = TestClient(app_for(ledger))
+    assert log_in(client).status_code == 303
+    page = client.get("/console/providers")
+    assert page.status_code == 200, page.text
+    row = page.text.split('<tr data-tracking="smska">', 1)[1].split("</tr>", 1)[0]
+    cells = [c.split(">", 1)[1].split("</td", 1)[0].strip() for c in row.split("<td")[1:]]
+    assert cells[0] == "3"  # due
+    assert 395 <= float(cells[1].removesuffix(" s")) < 460  # the oldest due poll's age (399 s)
+    assert cells[3].startswith("2.50 s") and "48.0% of the last first polls" in cells[3]
+    quiet = page.text.split('<tr data-tracking="prostor">', 1)[1].split("</tr>", 1)[0]
+    assert '<td class="num">0</td>' in quiet
+
+
 def test_callback_secrets_stay_hidden(ledger: config.Settings) -> None:
     """A callback URL may carry a token (in its query, or as user info): the queues
     page and the message's timeline show the endpoint without it."""

@@ -21,8 +21,8 @@ from dispatcher.schedule import jobs
 from dispatcher.sending import SendPipeline
 from dispatcher.simulator.core import Simulator
 from dispatcher.simulator.defaults import provider_table
-from dispatcher.tracking import poll_due
 from tests.conftest import sms
+from tests.support import InlinePolls
 
 # The one registry line a new kind needs.
 ACME = registry.Kind("acme", "tests.newkind.acme:Acme", "tests.newkind.acme_sim:AcmeSim", "/v1/")
@@ -85,7 +85,11 @@ def test_messages_go_through_the_pipeline_and_are_tracked(acme: tuple[Simulator,
         pipeline.process_many(ids)
         assert sim["acme"].state.stats()["requests"]["send"] == 1  # one batch
         time.sleep(0.7)  # the simulator delivers them
-        stats = poll_due(settings, pipeline.coordinator, pipeline.provider("acme"))
+        polls = InlinePolls(settings, pipeline.coordinator)
+        try:
+            stats = polls.round("acme")
+        finally:
+            polls.close()
         assert stats.calls == 1 and stats.changed == 5
         for mid in ids:
             message = api.get_message(mid)

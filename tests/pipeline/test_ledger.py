@@ -133,7 +133,7 @@ def test_bulk_writes_touch_only_rows_still_in_the_expected_status(any_stack: Sta
             [Decision(m, Action.ACCEPT, provider="main", attempt_id=attempts[m], attempt_outcome="accepted",
                       attempt_started=now, provider_message_id=f"p-{m[:6]}", raw=f"raw {n}")
              for n, m in enumerate(ids)],
-            now, first_poll=10.0,
+            now, first_poll=lambda _provider: 10.0,
         )  # fmt: skip
     for n, mid in enumerate(ids):
         message = api.get_message(mid)

@@ -32,7 +32,7 @@ from dispatcher.http_api import create_app
 from dispatcher.models import ATTEMPTS, BALANCES, CALLBACKS, MESSAGES, utcnow
 from dispatcher.simulator.core import Simulator
 from tests.faults.servers import free_port
-from tests.support import ROOT, Stack, now_plus
+from tests.support import ROOT, InlinePolls, Stack, now_plus, store_accepted
 
 TOKEN = "metrics-test-token-41c2"
 PROMETHEUS = ROOT / "ops" / "prometheus"
@@ -412,6 +412,30 @@ def test_metrics_answer_with_the_database_and_redis_down(served: Stack) -> None:
     assert "smsdispatch_provider_balance_low" not in got.types
     assert "smsdispatch_workers_healthy" not in got.types
     assert got.types["smsdispatch_messages_final"] == "counter"  # the counters still answer
+
+
+def test_the_poll_lag_shows_a_staged_lag(served: Stack) -> None:
+    """Polls fell seven minutes behind (nothing asked them): the gauges say how far and how
+    many; a poll round with its groups brings both back to 0."""
+    settings = config.get_settings()
+    # prostor's status queue has been silent about these long enough: they are polled by id
+    age = settings.polling.queue_fallback_after + 60
+    store_accepted(settings, "prostor", [f"7916555{n:04d}" for n in range(12)], age=age, due_ago=[420.0] * 12)
+    app = create_app(settings)
+    got = scrape(app)
+    assert 419 <= got.by("smsdispatch_poll_lag_seconds", "provider")[("prostor",)] < 480
+    assert got.by("smsdispatch_polls_due", "provider") == {("prostor",): 12.0}
+    time.sleep(0.7)  # the simulator delivers them: final at this poll
+    inline = InlinePolls(settings)
+    try:
+        assert inline.round("prostor").polled == 12
+    finally:
+        inline.close()
+    after = scrape(app)
+    assert after.by("smsdispatch_poll_lag_seconds", "provider") == {("prostor",): 0.0}
+    assert after.by("smsdispatch_polls_due", "provider") == {("prostor",): 0.0}
+    checks = ("smsdispatch_status_checks_total", "provider", "result")  # this process's counter
+    assert after.by(*checks)[("prostor", "final")] - got.by(*checks).get(("prostor", "final"), 0.0) == 12.0
 
 
 # -- a worker's own port --------------------------------------------------------------------

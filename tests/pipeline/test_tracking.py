@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -15,9 +16,9 @@ from dispatcher.providers import make_provider, registry
 from dispatcher.providers.base import OutgoingSms, StatusReport
 from dispatcher.simulator.core import Simulator
 from dispatcher.status import Status
-from dispatcher.tracking import apply_reports, poll_due, read_balances
+from dispatcher.tracking import read_balances
 from tests.conftest import KINDS
-from tests.support import REDIS_URL, SETTLED, Stack
+from tests.support import REDIS_URL, SETTLED, InlinePolls, Stack, store_accepted
 
 FINAL = {"delivered", "undelivered", "rejected", "expired", "failed"}
 
@@ -73,7 +74,8 @@ def test_late_and_out_of_order_reports_change_nothing(any_stack: Stack) -> None:
         StatusReport("P1", Status.UNDELIVERED, "delivery error"),  # contradicting, after final
         StatusReport("P1", Status.UNKNOWN, "gibberish"),
     ]
-    assert apply_reports("prostor", reports, "poll") == 1
+    with db.session_scope() as s:
+        assert ledger.apply_reports(s, "prostor", reports, utcnow(), source="poll") == 1
     message = api.get_message(mid)
     assert message is not None and message["status"] == "delivered"
     assert [e["new_status"] for e in message["events"]] == ["queued", "sending", "accepted", "delivered"]
@@ -104,7 +106,8 @@ def test_low_balance_diverts_traffic(stack: Stack, sim: Simulator) -> None:
 
 
 def test_polling_10000_prostor_messages_costs_50_calls(stack: Stack, sim: Simulator) -> None:
-    stack.configure(providers=["prostor"])
+    # The next polls a minute out: the second round below finds none due.
+    stack.configure(providers=["prostor"], polling={"intervals": [60.0]})
     # no status queue here: every message is polled by id
     table = stack.table
     table["providers"]["prostor"].pop("status_queue", None)
@@ -116,6 +119,7 @@ def test_polling_10000_prostor_messages_costs_50_calls(stack: Stack, sim: Simula
     config.set_settings(settings)
     provider = make_provider(settings.provider("prostor"))
     outcomes = provider.send([OutgoingSms(uuid.uuid4().hex, f"7916{n:07d}", "t") for n in range(10_000)])
+    provider.close()
     now = utcnow()
     rows = [
         {"id": o.id, "payload_hash": "x", "to": "79160000001", "text": "t", "priority": "normal", "parts": 1,
@@ -130,12 +134,17 @@ def test_polling_10000_prostor_messages_costs_50_calls(stack: Stack, sim: Simula
         s.execute(insert(MESSAGES), rows)
     time.sleep(0.7)  # the simulator moves them on
     before = sim["prostor"].state.stats()["requests"].get("status.json", 0)
-    stats = poll_due(settings, coordinator_for(REDIS_URL), provider)
-    calls = sim["prostor"].state.stats()["requests"]["status.json"] - before
-    assert stats.calls == calls == 50
-    assert stats.polled == 10_000 and stats.changed > 9_000
-    again = poll_due(settings, coordinator_for(REDIS_URL), provider)
-    assert again.calls == 0  # each message's next poll moved out
+    inline = InlinePolls(settings)
+    try:
+        stats = inline.round("prostor")
+        calls = sim["prostor"].state.stats()["requests"]["status.json"] - before
+        # Two groups of 25 calls of 200 ids each, published by one round.
+        assert stats.published == 2 and stats.calls == calls == 50
+        assert stats.polled == 10_000 and stats.changed > 9_000
+        again = inline.round("prostor")
+        assert again.calls == 0 and again.published == 0  # each message's next poll moved out
+    finally:
+        inline.close()
 
 
 def test_two_beats_do_not_double_a_poll(stack: Stack) -> None:
@@ -147,3 +156,55 @@ def test_two_beats_do_not_double_a_poll(stack: Stack) -> None:
     second = tasks.poll.run("prostor")  # a second beat firing the same schedule
     assert "skipped" not in first and second == {"skipped": "prostor"}
     tasks.reset_pipeline()
+
+
+def test_a_full_status_queue_is_drained_on_each_drain_one_update(any_stack: Stack, sim: Simulator) -> None:
+    """2,500 messages' changes (accepted, sent, delivered: 7,500) wait in prostor's queue.
+    A drain task takes ``queue_rounds`` drains of 1,000, each written in one transaction
+    with at most one UPDATE of the messages, and, the queue still full, publishes the next
+    task at once (past the slot lock beat's copies take) instead of waiting for beat."""
+    settings = any_stack.configure(providers=["prostor"], polling={"queue_rounds": 2})
+    ids = store_accepted(settings, "prostor", [f"7916{n:07d}" for n in range(1, 2501)])
+    time.sleep(0.7)  # the simulator delivers them
+    assert sim["prostor"].state.stats()["queued_statuses"] == {"smsdispatch": 7500}
+    transactions: list[list[str]] = [[]]
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE MESSAGES"):
+            transactions[-1].append(statement)
+
+    def committed(conn: Any) -> None:
+        transactions.append([])
+
+    from sqlalchemy import event
+
+    from workers import tasks
+
+    tasks.reset_pipeline()
+    any_stack.redis.delete("sms.poll")
+    engine = db.get_engine()
+    event.listen(engine, "before_cursor_execute", count)
+    event.listen(engine, "commit", committed)
+    try:
+        first = tasks.status_queue.run("prostor")
+        assert first["calls"] == 2 and first["polled"] == 2000 and first["more"] is True
+        chained = [json.loads(raw) for raw in any_stack.redis.lrange("sms.poll", 0, -1)]
+        assert [(m["headers"]["task"], m["headers"]["kwargsrepr"]) for m in chained] == [
+            ("smsdispatch.status_queue", "{'chained': True}")
+        ]
+        # The chained task goes on past the slot lock the first one took.
+        runs, more = 1, True
+        while more:
+            more = tasks.status_queue.run("prostor", chained=True)["more"]
+            runs += 1
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+        event.remove(engine, "commit", committed)
+        tasks.reset_pipeline()
+    assert runs == 4  # 8 drains of 1,000, 2 a task (the last one finds 500 and an empty queue)
+    assert max(len(t) for t in transactions) == 1 and sum(len(t) for t in transactions) >= 5
+    assert set(any_stack.statuses(ids).values()) == {"delivered"}
+    assert sim["prostor"].state.stats()["queued_statuses"] == {"smsdispatch": 0}
+    message = api.get_message(ids[0])
+    assert message is not None
+    assert [e["new_status"] for e in message["events"]][-2:] == ["sent", "delivered"]

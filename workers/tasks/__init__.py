@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from dataclasses import asdict
 from typing import Any
 
 from celery import signals
@@ -20,11 +21,14 @@ from dispatcher.errors import ValidationError
 from dispatcher.health import beat
 from dispatcher.redact import redact
 from dispatcher.sending import SendPipeline
+from dispatcher.tracking import Poller
 from workers.app import app, publish, queue_depth
+from workers.app import publish_poll_groups as _publish_poll_groups
 
 log = logging.getLogger("smsdispatch.tasks")
 
 _pipeline: SendPipeline | None = None
+_poller: Poller | None = None
 _lock = threading.Lock()
 
 
@@ -38,13 +42,25 @@ def get_pipeline() -> SendPipeline:
         return _pipeline
 
 
+def get_poller() -> Poller:
+    """The process's poller: the pipeline's adapters, call threads and coordinator."""
+    global _poller
+    pipeline = get_pipeline()
+    with _lock:
+        if _poller is None or _poller.calls is not pipeline.calls:
+            _poller = Poller(pipeline.settings, pipeline.coordinator, pipeline.calls, _publish_poll_groups,
+                             pipeline.first_polls)  # fmt: skip
+        return _poller
+
+
 @signals.worker_process_init.connect
 def reset_pipeline(**_: Any) -> None:
-    """Drop the pipeline (after a fork: its HTTP sessions and threads stay with the parent)."""
-    global _pipeline
+    """Drop the pipeline and the poller (after a fork: their HTTP sessions and threads
+    stay with the parent)."""
+    global _pipeline, _poller
     if _pipeline is not None:
         _pipeline.close()
-    _pipeline = None
+    _pipeline = _poller = None
 
 
 # A by-name message not yet stored waits this long at most between tries while the
@@ -146,37 +162,47 @@ def _done(name: str, lease: Lease) -> None:
 
 @app.task(name="smsdispatch.poll", ignore_result=True)
 def poll(provider: str) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    from dispatcher.tracking import poll_due
-
-    pipeline = get_pipeline()
-    lease = _exclusive(f"poll:{provider}", pipeline.settings.polling.interval)
+    """A poll round of one provider instance (beat): publishes its poll groups."""
+    poller = get_poller()
+    lease = _exclusive(f"poll:{provider}", poller.settings.polling.interval)
     if lease is None:
         return {"skipped": provider}
     try:
-        return asdict(poll_due(pipeline.settings, pipeline.coordinator, pipeline.provider(provider)))
+        return asdict(poller.dispatch(provider))
     finally:
         _done(f"poll:{provider}", lease)
 
 
+@app.task(name="smsdispatch.poll_group", ignore_result=True)
+def poll_group(provider: str, ticket: str | None = None) -> dict[str, Any]:
+    """A group of one provider's due status polls (published by its poll round with a
+    ticket). No lock: groups claim disjoint messages in the ledger, so any number run
+    at once."""
+    return asdict(get_poller().poll_group(provider, ticket))
+
+
 @app.task(name="smsdispatch.status_queue", ignore_result=True)
-def status_queue(provider: str) -> dict[str, Any]:
-    from dataclasses import asdict
+def status_queue(provider: str, chained: bool = False) -> dict[str, Any]:
+    """Drain one provider's status queue. ``chained``: published by a drain that left
+    it full, which goes on at once (past the slot lock beat's copies take)."""
+    from dispatcher.tracking import uses_status_queue
 
-    from dispatcher.tracking import drain_status_queue, uses_status_queue
-
-    pipeline = get_pipeline()
-    adapter = pipeline.provider(provider)
-    if not uses_status_queue(adapter):
+    poller = get_poller()
+    if not uses_status_queue(poller.calls.get(provider)):
         return {"skipped": provider}
-    lease = _exclusive(f"queue:{provider}", pipeline.settings.polling.queue_interval)
+    if chained:
+        lease = poller.coordinator.acquire_lock(f"run:queue:{provider}", ttl=600)
+    else:
+        lease = _exclusive(f"queue:{provider}", poller.settings.polling.queue_interval)
     if lease is None:
         return {"skipped": provider}
     try:
-        return asdict(drain_status_queue(pipeline.settings, adapter))
+        stats = poller.drain_queue(provider)
     finally:
         _done(f"queue:{provider}", lease)
+    if stats.more:
+        status_queue.apply_async(args=[provider], kwargs={"chained": True})
+    return asdict(stats)
 
 
 @app.task(name="smsdispatch.balances", ignore_result=True)

@@ -46,6 +46,7 @@ def _bulk_update(
     *,
     where: Sequence[ColumnElement[bool]] = (),
     keep_if_null: frozenset[str] = frozenset(),
+    match: Mapping[str, str] | None = None,
 ) -> list[Any] | None:
     """UPDATE many rows, each with its own values: ``rows`` are ``{key: ..., column:
     value}`` with the same columns, ``fixed`` applies to all. On PostgreSQL one
@@ -53,19 +54,24 @@ def _bulk_update(
     executemany is a statement per row there, and it was the largest part of a
     200-message batch's write-back in the profile. Elsewhere (SQLite, local and
     cheap per statement) an executemany, which cannot say what matched: None.
-    Columns in ``keep_if_null`` keep their value where the row's new one is None."""
-    names = [n for n in rows[0] if n != key]
+    Columns in ``keep_if_null`` keep their value where the row's new one is None.
+    ``match`` maps row keys to columns each row must still hold (a compare-and-set:
+    ``{"_old": "status"}``); those keys are compared, not written."""
+    match = match or {}
+    names = [n for n in rows[0] if n != key and n not in match]
+    checks = list(match)
     if session.get_bind().dialect.name == "postgresql":
         # One array parameter per column, unnested into rows: the statement's text is
         # the same for every batch, so SQLAlchemy compiles it once (a VALUES list with
         # the data in it was compiled anew each time, slower than the round trips).
+        types = {n: table.c[match.get(n, n)].type for n in [key, *names, *checks]}
         arrays = [
-            bindparam(f"v_{n}", [r[n] for r in rows], type_=ARRAY(table.c[n].type)) for n in [key, *names]
+            bindparam(f"v_{n}", [r[n] for r in rows], type_=ARRAY(types[n])) for n in [key, *names, *checks]
         ]
-        v = func.unnest(*arrays).table_valued(*[key, *names]).render_derived(name="v")
+        v = func.unnest(*arrays).table_valued(*[key, *names, *checks]).render_derived(name="v")
         statement = (
             update(table)
-            .where(table.c[key] == v.c[key], *where)
+            .where(table.c[key] == v.c[key], *where, *(table.c[match[n]] == v.c[n] for n in checks))
             .values(
                 **fixed,
                 **{n: func.coalesce(v.c[n], table.c[n]) if n in keep_if_null else v.c[n] for n in names},
@@ -75,7 +81,11 @@ def _bulk_update(
         return list(session.execute(statement).scalars())
     many = (
         update(table)
-        .where(table.c[key] == bindparam(f"v_{key}"), *where)
+        .where(
+            table.c[key] == bindparam(f"v_{key}"),
+            *where,
+            *(table.c[match[n]] == bindparam(f"v_{n}") for n in checks),
+        )
         .values(
             **fixed,
             **{
@@ -86,7 +96,7 @@ def _bulk_update(
             },
         )
     )
-    session.connection().execute(many, [{f"v_{n}": r[n] for n in [key, *names]} for r in rows])
+    session.connection().execute(many, [{f"v_{n}": r[n] for n in [key, *names, *checks]} for r in rows])
     return None
 
 
@@ -561,12 +571,14 @@ def _events(
         )  # fmt: skip
 
 
-def apply(session: Session, decisions: Sequence[Decision], now: datetime, *, first_poll: float,
-          source: str = "send", notify: Collection[str] | None = None) -> list[str]:  # fmt: skip
+def apply(session: Session, decisions: Sequence[Decision], now: datetime, *,
+          first_poll: Callable[[str], float], source: str = "send",
+          notify: Collection[str] | None = None) -> list[str]:  # fmt: skip
     """Apply one step's decisions for a group of ``sending`` messages: finish their
     attempts, move each message as its action says, write the events. A handful of
     set-based statements whatever the group's size. Returns the ids that moved to
-    ``queued`` (their tasks are to be published). ``notify``: as for
+    ``queued`` (their tasks are to be published). ``first_poll(provider)``: seconds
+    from acceptance to an accepted message's first status poll. ``notify``: as for
     ``transition_many``."""
     _finish_attempts(session, [d for d in decisions if d.attempt_id is not None and d.attempt_outcome], now)
     for action, counter in ((Action.RETRY, metrics.RETRIES), (Action.FAIL_OVER, metrics.FAILOVERS)):
@@ -598,7 +610,9 @@ def apply(session: Session, decisions: Sequence[Decision], now: datetime, *, fir
     return requeued
 
 
-def _change(d: Decision, now: datetime, first_poll: float) -> tuple[Status | None, dict[str, Any]]:
+def _change(
+    d: Decision, now: datetime, first_poll: Callable[[str], float]
+) -> tuple[Status | None, dict[str, Any]]:
     """What ``d`` does to its message's row: the new status (None: it stays
     ``sending``) and the fields it sets. ``_raw`` and ``_detail`` go to the event."""
     counters = {k: v for k, v in (("retries", d.retries), ("failovers", d.failovers), ("tried", d.tried))
@@ -607,7 +621,7 @@ def _change(d: Decision, now: datetime, first_poll: float) -> tuple[Status | Non
         taken = d.status if d.status not in (None, Status.UNKNOWN, Status.QUEUED, Status.SENDING) else None
         return taken or Status.ACCEPTED, {
             "provider": d.provider, "provider_message_id": d.provider_message_id, "accepted_at": now,
-            "next_poll_at": now + timedelta(seconds=first_poll), "retries": 0, "tried": "",
+            "next_poll_at": now + timedelta(seconds=first_poll(d.provider or "")), "retries": 0, "tried": "",
             "last_error": None, "_raw": d.raw, "_detail": d.reason or None,
         }  # fmt: skip
     if d.action in (Action.REJECT, Action.MARK_UNKNOWN):
@@ -654,3 +668,29 @@ def _finish_attempts(session: Session, decisions: Sequence[Decision], now: datet
         {},
         keep_if_null=frozenset({"http_status", "provider_code", "raw", "error", "parts", "cost"}),
     )
+
+
+# The statements of delivery tracking live in a module of their own, on the primitives
+# above (``_bulk_update``); imported last, so that they find those defined.
+from dispatcher.ledger.polls import (  # noqa: E402
+    POLLED,
+    Horizon,
+    Move,
+    PollClaim,
+    PollResult,
+    apply_polls,
+    apply_reports,
+    claim_polls,
+    due_polls,
+    expire_unasked,
+    record_balances,
+    release_polls,
+    transition_rows,
+    walk,
+)
+
+__all__ = [
+    "POLLED", "Claimed", "Horizon", "Move", "PollClaim", "PollResult", "apply", "apply_polls",
+    "apply_reports", "claim", "claim_polls", "due_polls", "expire_unasked", "record_balances",
+    "release_polls", "transition_rows", "walk",
+]  # fmt: skip
