@@ -455,9 +455,10 @@ class Bench:
 
     # configuration of our side
 
-    def write_config(self, name: str, tracking: bool) -> Path:
+    def write_config(self, name: str, tracking: bool, horizon: float | None = None) -> Path:
         """Our config for the simulator's providers: ``tracking`` False for the matrix (no
-        status queue, polls an hour apart; beat does not run there anyway)."""
+        status queue, polls an hour apart; beat does not run there anyway); ``horizon``:
+        ``pipeline.status_horizon``."""
         from dispatcher import config
 
         table = json.loads(json.dumps(self.sim.table))
@@ -469,6 +470,8 @@ class Bench:
         table["database_url"] = PG
         table["broker_url"] = OURS_BROKER
         table["pipeline"] = {"publish_batch": BATCH["prostor"]}
+        if horizon is not None:
+            table["pipeline"]["status_horizon"] = horizon
         if not tracking:
             table["polling"] = {"interval": 3600.0, "queue_interval": 3600.0, "balance_interval": 3600.0}
         path = self.tmp / f"smsdispatch-{name}.toml"
@@ -808,6 +811,15 @@ class Bench:
 
     # 3. sustained rate with tracking on
 
+    def expired_though_delivered(self) -> int:
+        """Messages the ledger expired at the horizon that the simulator delivered: every
+        number but the never-final ones (SILENT_SUFFIX) is delivered."""
+        from dispatcher.models import MESSAGES as M
+
+        query = select(func.count()).where(M.c.status == "expired", M.c.to.not_like("%9999"))
+        with self.ledger.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def sustain(self, spec: PoolSpec) -> None:
         from dispatcher import api
         from workers import app as worker_app
@@ -819,11 +831,13 @@ class Bench:
             "tracking on",
             flush=True,
         )
-        self.use_config(self.write_config("sustain", tracking=True))
+        self.use_config(self.write_config("sustain", tracking=True, horizon=a.sustain_horizon))
         client = redis.Redis.from_url(OURS_BROKER)
         client.flushdb()
         self.ledger.truncate()
         self.sim.prepare(kind, latency, self.notes)
+        final_after = a.tracking_final_after
+        self.sim.control(kind, "timing", {"sent_after": final_after / 3, "final_after": final_after})
         queues = (
             *OURS_QUEUES,
             getattr(worker_app, "CONTROL_QUEUE", "sms.control"),
@@ -835,19 +849,29 @@ class Bench:
         samples: list[dict[str, Any]] = []
         tag = uuid.uuid4().hex[:6]
 
-        def sample(t: float, phase: str) -> None:
+        from ops.bench_tracking import poll_lag
+
+        def sample(t: float, phase: str) -> dict[str, Any]:
+            lag, due, unasked = poll_lag(self)
+            statuses = self.ledger.statuses()
             s = {
                 "t": round(t, 2),
                 "phase": phase,
-                "in_flight": self.ledger.in_flight(),
+                "in_flight": statuses.get("queued", 0) + statuses.get("sending", 0),
+                "tracked": statuses.get("accepted", 0) + statuses.get("sent", 0),
+                "poll_lag_s": round(lag, 1),
+                "polls_due": due,
+                "never_asked": unasked,
                 **{f"llen_{q}": int(client.llen(q)) for q in queues},
             }
             samples.append(s)
             print(
                 f"   t={s['t']:6.1f}s {phase:7} queued+sending {s['in_flight']:7d}  llen sms.bulk "
-                f"{s['llen_sms.bulk']:6d}",
+                f"{s['llen_sms.bulk']:6d}  accepted+sent {s['tracked']:6d}  polls due {due:6d}, "
+                f"oldest {lag:6.1f} s",
                 flush=True,
             )
+            return s
 
         try:
             cpu0, started = ours.cpu(), time.monotonic()
@@ -873,13 +897,22 @@ class Bench:
                     next_sample += 5.0
                 time.sleep(max(0.0, 0.1 - (time.monotonic() - started - t)))
             produced_s = time.monotonic() - started
-            # Drain: checked every 0.5 s, sampled every 5 s, over when nothing is in flight.
+            # Drain: checked every 0.5 s, sampled every 5 s, over when nothing is in flight;
+            # tracked: when every message but the never-final numbers (SILENT) is final.
             drain_start = time.monotonic()
             drained_after: float | None = None
+            tracked_after: float | None = None
             next_sample = produced_s + 5.0
+            silent = sum(1 for n in range(sent) if f"{n % 10_000_000:07d}".endswith("9999"))
             while (now := time.monotonic()) < drain_start + a.drain_grace:
-                if self.ledger.in_flight() == 0:
+                if drained_after is None and self.ledger.in_flight() == 0:
                     drained_after = now - drain_start
+                statuses = self.ledger.statuses()
+                if (
+                    statuses.get("accepted", 0) + statuses.get("sent", 0) <= silent
+                    and drained_after is not None
+                ):
+                    tracked_after = now - drain_start
                     sample(now - started, "drain")
                     break
                 if now - started >= next_sample:
@@ -889,7 +922,8 @@ class Bench:
             cpu = ours.cpu() - cpu0
             wall = time.monotonic() - started
             statuses = self.ledger.statuses()
-            lost = sum(v for k, v in statuses.items() if k not in KEPT_STATUSES)
+            lost = sum(v for k, v in statuses.items() if k not in (*KEPT_STATUSES, "expired"))
+            expired_delivered = self.expired_though_delivered()
             self.results["sustain"] = {
                 "pool": spec.label,
                 "kind": kind,
@@ -901,7 +935,11 @@ class Bench:
                 "send_bulk_calls_over_100ms": slow_calls,
                 "drain_grace_s": a.drain_grace,
                 "drained_after_s": None if drained_after is None else round(drained_after, 2),
+                "final_after_s": None if tracked_after is None else round(tracked_after, 2),
+                "status_horizon_s": a.sustain_horizon,
+                "expired_though_delivered": expired_delivered,
                 **backlog(samples, seconds, rate),
+                **lagging(samples, seconds),
                 "lost": lost,
                 "statuses": statuses,
                 "worker_cpu_ms_per_msg": cpu * 1000 / max(sent, 1),
@@ -912,7 +950,11 @@ class Bench:
             print(
                 f"   sent {sent} ({s['achieved_msg_per_s']:.1f}/s); backlog max 2nd quarter "
                 f"{s['backlog_q2_max']}, last quarter {s['backlog_q4_max']}: "
-                f"{'bounded' if s['bounded'] else 'GROWING'}; lost {lost}",
+                f"{'bounded' if s['bounded'] else 'GROWING'}; lost {lost}; "
+                f"poll lag max {s['poll_lag_max_s']} s "
+                f"(Q2 {s['poll_lag_q2_max_s']}, Q4 {s['poll_lag_q4_max_s']}: "
+                f"{'growing' if s['poll_lag_growing'] else 'not growing'}); expired though delivered "
+                f"{expired_delivered}; all final {s['final_after_s']} s after the last send",
                 flush=True,
             )
         finally:
@@ -920,6 +962,24 @@ class Bench:
             client.flushdb()
             self.log_problems("sustain", ours)
             self.save()
+
+
+def lagging(samples: Sequence[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """The poll lag (the oldest due poll's age) at its worst, by quarter of the producing
+    phase: growing when the last quarter's worst is over the second's by more than a
+    round or two (5 s) and a quarter more."""
+
+    def peak(lo: float, hi: float) -> float:
+        return max((float(s["poll_lag_s"]) for s in samples if s["phase"] == "produce" and lo <= s["t"] < hi),
+                   default=0.0)  # fmt: skip
+
+    q2, q4 = peak(seconds / 4, seconds / 2), peak(seconds * 3 / 4, seconds + 1)
+    return {
+        "poll_lag_max_s": max((float(s["poll_lag_s"]) for s in samples), default=0.0),
+        "poll_lag_q2_max_s": q2,
+        "poll_lag_q4_max_s": q4,
+        "poll_lag_growing": q4 > 1.25 * q2 + 5.0,
+    }
 
 
 def backlog(samples: Sequence[dict[str, Any]], seconds: float, rate: float) -> dict[str, Any]:
@@ -1052,8 +1112,13 @@ def print_table(results: dict[str, Any]) -> None:
             f"queued+sending max Q2 {s['backlog_q2_max']}, Q4 {s['backlog_q4_max']} "
             f"({'bounded' if s['bounded'] else 'growing'}, slope {s['backlog_slope_msg_per_s']} msg/s), "
             f"llen sms.bulk max Q2 {s['llen_bulk_q2_max']}, Q4 {s['llen_bulk_q4_max']}; lost {s['lost']}; "
-            f"worker CPU {s['worker_cpu_ms_per_msg']:.2f} ms/msg"
+            f"worker CPU {s['worker_cpu_ms_per_msg']:.2f} ms/msg; poll lag max {s.get('poll_lag_max_s')} s "
+            f"(Q2 {s.get('poll_lag_q2_max_s')}, Q4 {s.get('poll_lag_q4_max_s')}); expired though delivered "
+            f"{s.get('expired_though_delivered')}; all final {s.get('final_after_s')} s after the drain began"
         )
+    from ops.bench_tracking import print_tracking
+
+    print_tracking(results)
     for n in results.get("notes") or []:
         print(f"note: {n}")
 
@@ -1072,7 +1137,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every message count")
     p.add_argument("--json", default="bench-results.json", help="where to write the results")
-    p.add_argument("--parts", type=csv(str), default="matrix,otc,sustain", help="matrix,otc,sustain")
+    p.add_argument(
+        "--parts", type=csv(str), default="matrix,otc,sustain,tracking", help="matrix,otc,sustain,tracking"
+    )
     p.add_argument(
         "--pools",
         type=csv(PoolSpec.parse),
@@ -1115,8 +1182,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--drain-grace", type=float, default=60.0, help="seconds to drain after the producer stops"
     )
+    p.add_argument(
+        "--sustain-horizon", type=float, default=120.0, help="pipeline.status_horizon of the sustained run"
+    )
+    p.add_argument(
+        "--tracking-kinds",
+        type=csv(str),
+        default="smska,sms1000,smstele",
+        help="asked one id per status call",
+    )
+    p.add_argument("--tracking-latencies", type=csv(float), default="0,50", help="status call latency, ms")
+    p.add_argument(
+        "--tracking-messages", type=int, default=20000, help="burst per kind and latency (x scale)"
+    )
+    p.add_argument("--tracking-probe", type=int, default=3000, help="first, N to smska at 0 ms (0: none)")
+    p.add_argument("--tracking-final-after", type=float, default=1.5, help="seconds the simulator takes")
+    p.add_argument("--tracking-timeout", type=float, default=600.0, help="give up on a burst after this")
+    p.add_argument(
+        "--tracking-queue", type=int, default=50000, help="burst to prostor's status queue (0: none)"
+    )
+    p.add_argument(
+        "--poll-pool", type=PoolSpec.parse, default=PoolSpec("threads", 50, 1), help="sms.poll pool"
+    )
     args = p.parse_args(argv)
-    unknown = set(args.parts) - {"matrix", "otc", "sustain"}
+    unknown = set(args.parts) - {"matrix", "otc", "sustain", "tracking"}
     if unknown:
         p.error(f"--parts: unknown {', '.join(sorted(unknown))}")
     return args
@@ -1161,6 +1250,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             bench.otc(load_pool)
         if "sustain" in args.parts and args.sustain_seconds > 0:
             bench.sustain(load_pool)
+        if "tracking" in args.parts:
+            from ops.bench_tracking import tracking
+
+            tracking(bench, load_pool, args.poll_pool)
         results["machine"]["loadavg_end"] = os.getloadavg()
         bench.save()
     finally:
