@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 from sqlalchemy import insert
 
 from dispatcher import api, db, ledger
@@ -23,6 +24,12 @@ from tests.support import REDIS_URL, SETTLED, InlinePolls, Stack, store_accepted
 FINAL = {"delivered", "undelivered", "rejected", "expired", "failed"}
 
 
+# Tracking through real workers and beat under every pool the send path runs under: a
+# poll group's calls go out on the process's call threads, greenlets under gevent.
+POOLS = pytest.mark.parametrize("pool", ["prefork", "threads", "gevent"])
+
+
+@POOLS
 def test_every_kind_ends_final_with_events(any_stack: Stack, sim: Simulator) -> None:
     # my-sms.ru's -14 "error while sending" is not final (my-sms.md:596): its
     # undeliverable message is polled until the horizon, short here.
@@ -48,6 +55,7 @@ def test_every_kind_ends_final_with_events(any_stack: Stack, sim: Simulator) -> 
     assert sim["prostor"].state.stats()["requests"].get("statusQueue.json", 0) > 0
 
 
+@POOLS
 def test_silent_provider_ends_expired_at_the_horizon(stack: Stack) -> None:
     stack.configure(providers=["mysms", "sms1000"], pipeline={"status_horizon": 2.0},
               sms1000={"on_horizon": "unknown"})  # fmt: skip
