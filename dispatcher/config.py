@@ -134,7 +134,9 @@ class PollingConfig:
     # intervals[0]); the next ones follow these gaps.
     intervals: tuple[float, ...] = (10.0, 30.0, 60.0, 300.0, 900.0)
     first_poll_floor: float = 1.0  # the earliest a learnt first poll comes after acceptance
-    group_calls: int = 25  # status calls per poll group (one task), made concurrently
+    # Status calls per poll group (one task), eight at a time: a group's claim and write-back
+    # are paid once for all of them (fewer for providers asked many ids a call).
+    group_calls: int = 50
     # An optional safety cap on status calls per provider per round; 0: none (the rate
     # limit and the workers bound the pace).
     max_calls_per_cycle: int = 0

@@ -100,6 +100,10 @@ class Coordinator:
     def get_value(self, name: str) -> str | None:
         raise NotImplementedError
 
+    def get_values(self, names: Sequence[str]) -> list[str | None]:
+        """``get_value`` of each of ``names``, in one round trip."""
+        return [self.get_value(name) for name in names]
+
     def add(self, name: str, amount: int = 1, ttl: float | None = None) -> int:
         """Add to the counter ``name`` (read with ``get_value``); returns the new total.
         ``ttl``: the counter lapses that many seconds from now; without one it keeps
@@ -352,6 +356,10 @@ class RedisCoordinator(Coordinator):
     def get_value(self, name: str) -> str | None:
         value: Any = self.client.get(f"{PREFIX}value:{name}")
         return value.decode() if isinstance(value, bytes) else value
+
+    def get_values(self, names: Sequence[str]) -> list[str | None]:
+        found: list[Any] = self.client.mget([f"{PREFIX}value:{name}" for name in names])
+        return [v.decode() if isinstance(v, bytes) else v for v in found]
 
     def add(self, name: str, amount: int = 1, ttl: float | None = None) -> int:
         key = f"{PREFIX}value:{name}"

@@ -130,6 +130,10 @@ def burst(bench: Bench, send_spec: PoolSpec, poll_spec: PoolSpec, kind: str, lat
         messages = bench.messages(n, kind, uuid.uuid4().hex[:6], prefix="7917")
         for m in messages:
             m["provider"] = name
+            if m["to"].endswith(("0000", "9999")):
+                # The simulator never delivers these (core.py: undelivered, never final):
+                # every message here is to end delivered.
+                m["to"] = m["to"][:-1] + "1"
         for i in range(0, n, a.bulk_chunk):
             api.send_bulk(messages[i : i + a.bulk_chunk])
         stored = time.monotonic() - started

@@ -175,27 +175,31 @@ def claim_polls(session: Session, provider: str, now: datetime, limit: int, leas
                 quiet_before: datetime | None = None) -> list[PollClaim]:  # fmt: skip
     """Claim up to ``limit`` due polls of ``provider``, oldest due first (a message
     polling fell behind on is asked before any other): their next poll moves to
-    ``lease_until``. Two statements: the pick, then the UPDATE of exactly what it
-    picked. On PostgreSQL the pick locks with SKIP LOCKED, so groups claiming at once
-    take disjoint sets without waiting on each other (in one statement, an
-    ``IN (subquery ... SKIP LOCKED)`` the planner runs again may take more than
-    ``limit``); on SQLite the write lock (BEGIN IMMEDIATE) makes the two one step."""
+    ``lease_until``. On PostgreSQL one statement, the pick a materialized CTE locked with
+    SKIP LOCKED, so groups claiming at once take disjoint sets without waiting on each
+    other (as ``IN (subquery)`` the planner may run the pick again and take more than
+    ``limit``). On SQLite the pick and the UPDATE, one step under the write lock (BEGIN
+    IMMEDIATE): its RETURNING cannot name another table."""
     calls_back = func.coalesce(M.callback_url, M.callback_task).is_not(None)
     pick = (
-        select(
-            M.id, M.provider_message_id, M.to, M.status, M.polls, M.accepted_at, calls_back, M.next_poll_at
-        )
+        select(M.id.label("mid"), M.provider_message_id, M.to, M.status, M.polls, M.accepted_at,
+               calls_back.label("calls_back"), M.next_poll_at.label("due"))
         .where(*_due(provider, now, quiet_before))
         .order_by(M.next_poll_at)
         .limit(limit)
-    )
+    )  # fmt: skip
     if session.get_bind().dialect.name == "postgresql":
-        pick = pick.with_for_update(skip_locked=True, of=MESSAGES)
-    picked = session.execute(pick).all()
-    if not picked:
-        return []
-    session.execute(update(MESSAGES).where(M.id.in_([r[0] for r in picked])).values(next_poll_at=lease_until))
-    return [PollClaim(r[0], r[1], r[2], Status(r[3]), int(r[4]), r[5], bool(r[6]), r[7]) for r in picked]
+        picked = pick.with_for_update(skip_locked=True, of=MESSAGES).cte("picked").prefix_with("MATERIALIZED")
+        rows = session.execute(
+            update(MESSAGES).where(M.id == picked.c.mid).values(next_poll_at=lease_until).returning(*picked.c)
+        ).all()
+    else:
+        rows = session.execute(pick).all()
+        if rows:
+            session.execute(
+                update(MESSAGES).where(M.id.in_([r[0] for r in rows])).values(next_poll_at=lease_until)
+            )
+    return [PollClaim(r[0], r[1], r[2], Status(r[3]), int(r[4]), r[5], bool(r[6]), r[7]) for r in rows]
 
 
 def release_polls(session: Session, ids: Sequence[str], lease_until: datetime, due: datetime) -> None:

@@ -31,7 +31,7 @@ import math
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import wait
 from dataclasses import dataclass, field
@@ -59,10 +59,15 @@ FAILED_CALLS_IN_A_ROW = 3
 POLL_PAUSE_MAX = 600.0  # seconds: the longest a provider's polling is paused
 LEASE_MARGIN = 30.0  # seconds a claim outlives its group's worst case
 MAX_GROUPS_PER_ROUND = 200  # poll groups one round may publish for one provider
+MAX_GROUP_MESSAGES = 2000  # messages one group's write-back (one transaction) holds at most
 UNASKED_EVERY = 60.0  # seconds between two looks (per process) for messages no poll will end
 # Past the horizon, the polls of a message that get no answer go on this many of the
 # longest gap before it ends unknown.
 HORIZON_GRACE = 4
+# A group's calls in flight at once: a few runners on the process's call threads, each
+# taking the next call as it finishes one (a thread handoff per call cost more CPU than
+# the waiting it saves; many groups run at once under load anyway).
+CALLS_IN_FLIGHT = 8
 
 # (provider, tickets, expires): publish one poll-group task per ticket, each expiring
 # unrun after that many seconds (a round later publishes afresh).
@@ -109,9 +114,12 @@ class Poller:
 
     # -- what a round and a group share ---------------------------------------------------
 
-    def _group_calls(self) -> int:
+    def _group_calls(self, provider: Provider) -> int:
+        """Status calls per group: ``polling.group_calls``, fewer for a provider asked
+        many ids a call (a group's write-back is one transaction: a few thousand rows),
+        and never over ``max_calls_per_cycle``."""
         cap = self.settings.polling.max_calls_per_cycle
-        calls = self.settings.polling.group_calls
+        calls = min(self.settings.polling.group_calls, max(1, MAX_GROUP_MESSAGES // provider.status_batch))
         return min(calls, cap) if cap else calls
 
     def horizon(self, cfg: ProviderConfig, now: datetime) -> Horizon:
@@ -122,16 +130,18 @@ class Poller:
                        f"no final status from {cfg.name} within {seconds:g}s of acceptance",
                        now - timedelta(seconds=seconds + grace))  # fmt: skip
 
-    def _resting(self, name: str, stats: PollStats) -> bool:
+    def _resting(self, name: str, stats: PollStats) -> tuple[bool, bool]:
         """Whether the provider's polling rests now: its breaker is open (its status
-        endpoint gets the rest its sends get), or it failed as a whole lately."""
+        endpoint gets the rest its sends get), or it failed as a whole lately; and
+        whether it has paused lately (a pause to forget once a group goes well)."""
         if self.coordinator.breaker_state(name).state == "open":
             stats.errors.append("circuit open: not polled")
-            return True
-        if self.coordinator.get_value(f"poll_paused:{name}"):
+            return True, True
+        paused, pauses = self.coordinator.get_values([f"poll_paused:{name}", f"poll_pauses:{name}"])
+        if paused:
             stats.errors.append("polling paused after the provider failed as a whole")
-            return True
-        return False
+            return True, True
+        return False, pauses not in (None, "0")
 
     # -- the round (beat) -----------------------------------------------------------------
 
@@ -149,7 +159,7 @@ class Poller:
             self._unasked_seen[name] = started
             with session_scope() as s:
                 stats.expired = ledger.expire_unasked(s, name, self.horizon(cfg, now), now)
-        if self._resting(name, stats):
+        if self._resting(name, stats)[0]:
             return stats
         quiet = quiet_before(self.settings, cfg, now)
         if quiet is None:
@@ -158,7 +168,7 @@ class Poller:
             except Exception:  # learning is advice: a failed step leaves the delay as it was
                 log.warning("first-poll delay of %s not stepped", name, exc_info=True)
         provider = self.calls.get(name)
-        cap = min(100_000, MAX_GROUPS_PER_ROUND * self._group_calls() * provider.status_batch)
+        cap = min(100_000, MAX_GROUPS_PER_ROUND * self._group_calls(provider) * provider.status_batch)
         with session_scope() as s:
             stats.due, _ = ledger.due_polls(s, name, now, quiet_before=quiet, cap=cap)
         if stats.due:
@@ -168,7 +178,7 @@ class Poller:
 
     def _publish(self, provider: Provider, due: int) -> int:
         pol = self.settings.polling
-        calls = self._group_calls()
+        calls = self._group_calls(provider)
         want = math.ceil(due / (calls * provider.status_batch))
         _, rate = provider.config.status_rate
         if rate > 0:
@@ -218,11 +228,12 @@ class Poller:
                 self.coordinator.tickets_take(f"poll_groups:{name}", ticket)
             except Exception as exc:  # advice only: the ticket lapses, a round may publish less
                 log.debug("poll group ticket of %s not taken: %s", name, exc)
-        if self._resting(name, stats):
+        resting, paused_lately = self._resting(name, stats)
+        if resting:
             return stats
         provider = self.calls.get(name)
         cfg = provider.config
-        calls, batch = self._group_calls(), provider.status_batch
+        calls, batch = self._group_calls(provider), provider.status_batch
         now = utcnow()
         lease_until = now + timedelta(seconds=self.lease(cfg, calls))
         with session_scope() as s:
@@ -251,7 +262,7 @@ class Poller:
         if whole is not None:
             pause = self._pause(name)
             log.warning("status polls of %s fail (%s): polling paused for %.0fs", name, whole, pause)
-        elif stats.polled:
+        elif stats.polled and paused_lately:
             # A group that went well: the next pause starts short again.
             self.coordinator.set_value(f"poll_pauses:{name}", "0")
         stats.seconds = time.monotonic() - started
@@ -321,12 +332,25 @@ class Poller:
                 return [PollResult(c, [], error=str(failure)) for c in unit]
             return _matched(unit, reports)
 
-        if len(units) == 1:
-            results = [one(units[0])]
+        results: list[list[PollResult]] = [[] for _ in units]
+        todo = deque(range(len(units)))
+
+        def runner() -> None:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    i = todo.popleft()
+                results[i] = one(units[i])
+
+        runners = min(len(units), CALLS_IN_FLIGHT)
+        if runners == 1:
+            runner()
         else:
-            futures = [self.calls.submit(one, u) for u in units]
+            futures = [self.calls.submit(runner) for _ in range(runners)]
             wait(futures)
-            results = [f.result() for f in futures]
+            for f in futures:
+                f.result()
         return results, failures, whole[0] if whole else None
 
     def _pause(self, name: str) -> float:

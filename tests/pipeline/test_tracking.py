@@ -146,8 +146,8 @@ def test_polling_10000_prostor_messages_costs_50_calls(stack: Stack, sim: Simula
     try:
         stats = inline.round("prostor")
         calls = sim["prostor"].state.stats()["requests"]["status.json"] - before
-        # Two groups of 25 calls of 200 ids each, published by one round.
-        assert stats.published == 2 and stats.calls == calls == 50
+        # Five groups of 10 calls of 200 ids each (2,000 messages a write-back), one round.
+        assert stats.published == 5 and stats.calls == calls == 50
         assert stats.polled == 10_000 and stats.changed > 9_000
         again = inline.round("prostor")
         assert again.calls == 0 and again.published == 0  # each message's next poll moved out
