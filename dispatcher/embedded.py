@@ -55,8 +55,16 @@ class EmbeddedRunner:
         self._push(lambda: self._send((message_id,)), "high" if priority == "high" else "normal", countdown)
 
     def publish_poll_groups(self, provider: str, tickets: Sequence[str], expires: float) -> None:
+        # A group not started in time is dropped, as a Celery task's `expires` does: the
+        # rounds publish what is still due then, so bulk sends ahead never pile polls up.
+        until = time.monotonic() + expires
         for ticket in tickets:
-            self._push(lambda ticket=ticket: self.poller.poll_group(provider, ticket), "poll")  # type: ignore[misc]
+
+            def group(ticket: str = ticket) -> None:
+                if time.monotonic() < until:
+                    self.poller.poll_group(provider, ticket)
+
+            self._push(group, "poll")
 
     def _push(self, job: Job, queue: str, countdown: float = 0.0) -> None:
         with self._cond:

@@ -20,7 +20,9 @@ class Job:
 def jobs(settings: Settings) -> list[Job]:
     """The sweeper, the balance reader, callback delivery, retention, a poll round per
     provider instance (it publishes the poll groups the workers of sms.poll run), and
-    a status-queue drain per instance that has a queue configured."""
+    a status-queue drain per instance that has a queue configured. Disabled instances
+    are tracked too: ``enabled = false`` stops new sends to one, and what it took is
+    still followed to its end."""
     p, pol = settings.pipeline, settings.polling
     out = [
         Job("sweep", "smsdispatch.sweep", p.sweeper_interval),
@@ -30,7 +32,7 @@ def jobs(settings: Settings) -> list[Job]:
         # retention: purge or mask what is older than policy.retention_days
         Job("purge", "smsdispatch.purge", settings.policy.retention_interval),
     ]
-    for provider in settings.enabled_providers:
+    for provider in settings.providers:
         out.append(Job(f"poll:{provider.name}", "smsdispatch.poll", pol.interval, (provider.name,)))
         if adapter_class(provider.kind).HAS_STATUS_QUEUE and provider.option("status_queue"):
             out.append(Job(f"status_queue:{provider.name}", "smsdispatch.status_queue", pol.queue_interval,

@@ -202,20 +202,17 @@ def claim_polls(session: Session, provider: str, now: datetime, limit: int, leas
     return [PollClaim(r[0], r[1], r[2], Status(r[3]), int(r[4]), r[5], bool(r[6]), r[7]) for r in rows]
 
 
-def release_polls(session: Session, ids: Sequence[str], lease_until: datetime, due: datetime) -> None:
-    """Give claimed polls back unasked: due again at ``due``, their count unchanged."""
-    if ids:
-        session.execute(
-            update(MESSAGES)
-            .where(M.id.in_(list(ids)), M.next_poll_at == lease_until)
-            .values(next_poll_at=due)
-        )
+def release_polls(session: Session, claims: Sequence[PollClaim], lease_until: datetime) -> None:
+    """Give claimed polls back unasked: due again when they fell due, so they keep their
+    place (oldest due first) and the poll lag stays true; their count unchanged."""
+    if claims:
+        rows = [{"id": c.id, "next_poll_at": c.due} for c in claims]
+        _bulk_update(session, MESSAGES, "id", rows, {}, where=[M.next_poll_at == lease_until])
 
 
 def apply_polls(
     session: Session, provider: str, results: Sequence[PollResult], now: datetime, *,
     lease_until: datetime, next_due: Callable[[PollClaim], datetime], horizon: Horizon, on_time: float,
-    released_until: datetime | None = None,
 ) -> dict[str, int]:  # fmt: skip
     """Write back one poll group in the caller's transaction: every status change with
     ``transition_rows``, every message's next poll in one more UPDATE (``polls`` + 1,
@@ -223,9 +220,10 @@ def apply_polls(
     claim: a group slower than its lease, whose messages another group has claimed since,
     changes no schedule (its status changes still count: a provider's report is a fact).
     A check that found no final status for a message past the horizon ends it
-    (``horizon.target``): an answer ends a message, never a poll that lagged. Messages
-    whose call was never made (the group stopped, or found no rate-limit slot) are due
-    again at ``released_until`` (default: now), their count unchanged.
+    (``horizon.target``): an answer ends a message, never a poll that lagged; a check
+    that failed ends one only past the horizon's grace (``unknown``). Messages whose call
+    was never made (the group stopped, or found no rate-limit slot) are given back
+    (``release_polls``).
 
     Returns how many messages came to each result (``final``, ``changed``,
     ``unchanged``, ``odd``, ``horizon``, ``failed``), and the first polls made on time
@@ -252,6 +250,11 @@ def apply_polls(
         if r.error is not None:
             results_of[c.id] = "failed"
             row["last_error"] = redact(f"status check failed: {r.error}")[:2000]
+            if c.accepted_at is not None and c.accepted_at < horizon.given_up:
+                # No answer through the whole grace: we cannot know, and stop asking.
+                why = f"{horizon.detail}, and no poll answered within its grace: {r.error}"
+                moves.append(Move(c.id, c.status, Status.UNKNOWN, [(c.status, Status.UNKNOWN, None, why)]))
+                results_of[c.id] = "horizon"
             continue
         move, odd = walk(c.status, r.reports)
         if odd:
@@ -276,7 +279,7 @@ def apply_polls(
     if schedule:
         _bulk_update(session, MESSAGES, "id", schedule, {}, where=[M.next_poll_at == lease_until],
                      keep_if_null=frozenset({"last_error"}))  # fmt: skip
-    release_polls(session, [r.claim.id for r in results if not r.asked], lease_until, released_until or now)
+    release_polls(session, [r.claim for r in results if not r.asked], lease_until)
     counts = Counter(results_of.values())
     metrics.count_on_commit(session, metrics.STATUS_CHECKS, [((provider, k), n) for k, n in counts.items()])
     return {**counts, "first": first, "first_final": first_final}
@@ -317,10 +320,18 @@ def _apply_moves(session: Session, moves: list[Move], now: datetime, *, provider
             if status is None or status == m.old:
                 continue  # gone (purged), or unchanged after all (a concurrent writer rolled back)
             redo = again(m.id, status) if again else _replay(m, status)
-            if redo is not None:
+            if redo is not None and _still_tracked(status, redo):
                 redo.id = m.id
                 moves.append(redo)
     return done
+
+
+def _still_tracked(status: Status, move: Move) -> bool:
+    """Whether a report may still move a message that another writer moved meanwhile:
+    while it is in flight, or ``unknown`` to a final status (a late answer to a message
+    given up on). A message sent again (``queued``, ``sending``) belongs to the send
+    path, whatever an old report says."""
+    return status in POLLED or (status == Status.UNKNOWN and move.new.is_final)
 
 
 def _replay(m: Move, status: Status) -> Move | None:
@@ -391,7 +402,7 @@ def expire_unasked(session: Session, provider: str, horizon: Horizon, now: datet
         select(M.id, M.status, M.provider_message_id.is_(None)).where(
             M.provider == provider, _POLLED_SQL,
             or_(and_(M.provider_message_id.is_(None), M.accepted_at < horizon.cutoff),
-                M.accepted_at < horizon.given_up),
+                and_(M.accepted_at < horizon.given_up, M.next_poll_at <= now)),
         ).limit(limit)
     ).all()  # fmt: skip
     moves = []

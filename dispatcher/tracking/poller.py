@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 import threading
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import wait
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ POLL_PAUSE_MAX = 600.0  # seconds: the longest a provider's polling is paused
 LEASE_MARGIN = 30.0  # seconds a claim outlives its group's worst case
 MAX_GROUPS_PER_ROUND = 200  # poll groups one round may publish for one provider
 MAX_GROUP_MESSAGES = 2000  # messages one group's write-back (one transaction) holds at most
-UNASKED_EVERY = 60.0  # seconds between two looks (per process) for messages no poll will end
+UNASKED_EVERY = 60.0  # seconds between two looks for messages no poll will end
 # Past the horizon, the polls of a message that get no answer go on this many of the
 # longest gap before it ends unknown.
 HORIZON_GRACE = 4
@@ -110,7 +111,6 @@ class Poller:
         self.calls = calls
         self.publish_groups = publish_groups
         self.first_polls = first_polls if first_polls is not None else FirstPolls(settings, coordinator)
-        self._unasked_seen: dict[str, float] = {}  # name -> monotonic time of the last look
 
     # -- what a round and a group share ---------------------------------------------------
 
@@ -152,11 +152,11 @@ class Poller:
         stats = PollStats(name)
         cfg = self.settings.provider(name)
         now = utcnow()
-        if started - self._unasked_seen.get(name, -UNASKED_EVERY) >= UNASKED_EVERY:
-            # Rare (no provider id; polls that never got an answer), and a read of the
-            # provider's messages in flight: not each round. Before the rest below, so
-            # a provider paused for days still ends its messages.
-            self._unasked_seen[name] = started
+        if self.coordinator.acquire_lock(f"poll_unasked:{name}", ttl=UNASKED_EVERY) is not None:
+            # Rare (no provider id; polls that never came), and a read of the provider's
+            # messages in flight: once a minute whichever worker runs the round (the lock
+            # lapses, never released). Before the rest below, so a provider paused for
+            # days still ends its messages.
             with session_scope() as s:
                 stats.expired = ledger.expire_unasked(s, name, self.horizon(cfg, now), now)
         if self._resting(name, stats)[0]:
@@ -213,10 +213,14 @@ class Poller:
         return self.settings.polling.interval + (calls / rate if rate > 0 else 0.0)
 
     def lease(self, cfg: ProviderConfig, calls: int) -> float:
-        """How long a group's claim holds: its calls on the process's call threads in
-        turn at their worst, its wait for slots, and a margin."""
-        turns = math.ceil(calls / self.settings.pipeline.call_concurrency)
-        return LEASE_MARGIN + turns * (cfg.connect_timeout + cfg.timeout) + self.patience(cfg, calls)
+        """How long a group's claim holds: its wait for slots (the first up to
+        ``patience`` away, the others following at the rate), its calls in turn at their
+        worst (``CALLS_IN_FLIGHT`` at a time), and a margin. No call starts later than
+        its worst case before the lease ends (``_ask``)."""
+        turns = math.ceil(calls / min(CALLS_IN_FLIGHT, self.settings.pipeline.call_concurrency))
+        _, rate = cfg.status_rate
+        spread = calls / rate if rate > 0 else 0.0
+        return LEASE_MARGIN + turns * (cfg.connect_timeout + cfg.timeout) + self.patience(cfg, calls) + spread
 
     def poll_group(self, name: str, ticket: str | None = None) -> PollStats:
         """Claim a group of due polls of ``name``, ask the provider, write the answers
@@ -235,7 +239,10 @@ class Poller:
         cfg = provider.config
         calls, batch = self._group_calls(provider), provider.status_batch
         now = utcnow()
-        lease_until = now + timedelta(seconds=self.lease(cfg, calls))
+        lease = self.lease(cfg, calls)
+        lease_until = now + timedelta(seconds=lease)
+        # The last moment a call may start and still end before the lease does.
+        last_start = time.monotonic() + lease - (cfg.connect_timeout + cfg.timeout) - LEASE_MARGIN / 2
         with session_scope() as s:
             claims = ledger.claim_polls(s, name, now, calls * batch, lease_until,
                                         quiet_before=quiet_before(self.settings, cfg, now))  # fmt: skip
@@ -246,17 +253,20 @@ class Poller:
         bucket, rate = cfg.status_rate
         slots = Slots(self.coordinator, bucket, rate, len(units), shared=cfg.status_rate_limit is None,
                       patience=self.patience(cfg, len(units)))  # fmt: skip
-        results, failures, whole = self._ask(provider, units, slots)
+        results, failures, whole = self._ask(provider, units, slots, last_start)
         stats.calls = sum(1 for u in results if u and u[0].asked)
         stats.polled = sum(1 for u in results for r in u if r.asked and r.error is None)
         stats.errors += [str(f) for f in failures]
         if slots.short:
-            stats.errors.append(f"rate limit: {slots.short} calls found no slot; their messages wait a round")
+            stats.errors.append(
+                f"rate limit: {slots.short} calls found no slot; their messages wait their turn"
+            )
         counts = self._write(name, [r for unit in results for r in unit], lease_until)
         stats.changed = counts.get("final", 0) + counts.get("changed", 0) + counts.get("horizon", 0)
         try:
             count_status_calls(self.coordinator, name, stats.calls)
-            self.first_polls.record(name, counts.get("first", 0), counts.get("first_final", 0))
+            if quiet_before(self.settings, cfg, now) is None:  # a queue's instance learns nothing
+                self.first_polls.record(name, counts.get("first", 0), counts.get("first_final", 0))
         except Exception as exc:  # the operator's figure and learning: advice only
             log.debug("status calls of %s not counted: %s", name, exc)
         if whole is not None:
@@ -281,33 +291,32 @@ class Poller:
                 return ledger.apply_polls(
                     s, name, results, at, lease_until=lease_until, horizon=self.horizon(cfg, at),
                     on_time=on_time, next_due=lambda c: self.first_polls.next_poll(c.accepted_at, at),
-                    released_until=at + timedelta(seconds=pol.interval),
                 )  # fmt: skip
 
         return write_through_outage(write)
 
     def _ask(
-        self, provider: Provider, units: list[list[PollClaim]], slots: Slots
+        self, provider: Provider, units: list[list[PollClaim]], slots: Slots, last_start: float
     ) -> tuple[list[list[PollResult]], list[ProviderError], ProviderError | None]:
-        """The group's status calls, concurrently, each at its rate-limit slot. Returns
-        each unit's results, the failures, and the failure that says the provider is
-        down as a whole (the calls not made by then are not made)."""
+        """The group's status calls, each at its rate-limit slot, ``CALLS_IN_FLIGHT`` at a
+        time. This task's thread waits for the slots and hands each call over when its
+        slot comes, so the process's call threads (the send path's too) only ever wait
+        on a provider. Returns each unit's results, the failures, and the failure that
+        says the provider is down as a whole. A call not made (the provider down as a
+        whole, no slot in time, too late for the lease) leaves its messages unasked."""
         lock = threading.Lock()
         stop = threading.Event()
         state: dict[str, int] = {"in_a_row": 0}
         failures: list[ProviderError] = []
         whole: list[ProviderError] = []
+        results: list[list[PollResult]] = [[PollResult(c, [], asked=False) for c in unit] for unit in units]
 
         def one(unit: list[PollClaim]) -> list[PollResult]:
-            at = None if stop.is_set() else slots.take()
-            if at is not None and at > time.monotonic():
-                time.sleep(at - time.monotonic())
-            if at is None or stop.is_set():
-                return [PollResult(c, [], asked=False) for c in unit]
             refs = [MessageRef(c.id, c.provider_message_id, c.to) for c in unit]
             failure: ProviderError | None = None
             try:
                 reports = provider.status(refs)
+                found = _matched(unit, reports)
             except ProviderError as exc:
                 failure = exc
             except Exception as exc:
@@ -330,27 +339,39 @@ class Poller:
                 log.warning("status check at %s failed, the message waits its next turn: %s", provider.name,
                             failure)  # fmt: skip
                 return [PollResult(c, [], error=str(failure)) for c in unit]
-            return _matched(unit, reports)
+            return found
 
-        results: list[list[PollResult]] = [[] for _ in units]
-        todo = deque(range(len(units)))
+        handed: queue.SimpleQueue[int | None] = queue.SimpleQueue()
 
         def runner() -> None:
-            while True:
-                with lock:
-                    if not todo:
-                        return
-                    i = todo.popleft()
+            while (i := handed.get()) is not None:
                 results[i] = one(units[i])
 
         runners = min(len(units), CALLS_IN_FLIGHT)
-        if runners == 1:
-            runner()
-        else:
-            futures = [self.calls.submit(runner) for _ in range(runners)]
-            wait(futures)
-            for f in futures:
-                f.result()
+        futures = [self.calls.submit(runner) for _ in range(runners)] if runners > 1 else []
+        for i in range(len(units)):
+            if stop.is_set():
+                break
+            try:
+                at = slots.take()
+            except Exception as exc:  # the coordinator away: no slot, the rest keep their turn
+                log.warning("no rate-limit slot for status calls of %s: %s", provider.name, exc)
+                break
+            if at is None or at > last_start:
+                break
+            if at > time.monotonic():
+                time.sleep(at - time.monotonic())
+            if stop.is_set():
+                break
+            if futures:
+                handed.put(i)
+            else:
+                results[i] = one(units[i])
+        for _ in futures:
+            handed.put(None)
+        wait(futures)
+        for f in futures:
+            f.result()
         return results, failures, whole[0] if whole else None
 
     def _pause(self, name: str) -> float:

@@ -349,6 +349,28 @@ def test_polls_that_never_get_an_answer_end_unknown_after_the_horizons_grace(
         detail = s.execute(select(EVENTS.c.detail).where(EVENTS.c.message_id == beyond)
                            .order_by(EVENTS.c.id.desc())).scalars().first()  # fmt: skip
     assert "no poll answered within its grace" in (detail or "")
+    # Polling runs again, and a message past the grace is asked: its check fails, and that
+    # poll ends it (the round's look for such messages waits its minute: it just ran).
+    [failing] = store_accepted(settings, "smska", ["79161112233"], age=60.0 + 4 * 2.0 + 1)
+    assert inline.round("smska").changed == 1
+    assert rows([failing])[failing].status == "unknown"
+    # One a group holds is left to the group: the round's look passes it by.
+    [held] = store_accepted(settings, "smska", ["79161112233"], age=60.0 + 4 * 2.0 + 1)
+    now = utcnow()
+    with db.session_scope() as s:
+        assert [c.id for c in ledger.claim_polls(s, "smska", now, 10, now + timedelta(seconds=60))] == [held]
+        horizon = inline.poller.horizon(settings.provider("smska"), now)
+        assert ledger.expire_unasked(s, "smska", horizon, now) == 0
+    assert rows([held])[held].status == "accepted"
+
+
+def test_a_disabled_instance_is_still_tracked(stack: Stack) -> None:
+    """`enabled = false` stops new sends to an instance; what it took is still polled."""
+    from dispatcher.schedule import jobs
+
+    settings = stack.configure(providers=["smska", "mysms"], smska={"enabled": False})
+    assert {j.key for j in jobs(settings)} >= {"poll:smska", "poll:mysms"}
+    assert [p.name for p in settings.enabled_providers] == ["mysms"]
 
 
 def test_a_report_the_status_queue_wrote_first_is_written_once(
