@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, literal_column, or_, select, update
+from sqlalchemy import ColumnElement, and_, any_, bindparam, func, insert, literal_column, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session
 
@@ -292,8 +293,20 @@ def _to_horizon(current: Status, move: Move | None, horizon: Horizon) -> Move:
     return Move("", current, horizon.target, steps)
 
 
+def _one_of(session: Session, column: Any, values: Sequence[str]) -> ColumnElement[bool]:
+    """``column IN values``. On PostgreSQL as ``= ANY(one array)``: psycopg prepares a
+    statement it runs often, and in the prepared (generic) plan an IN of 1,000 separate
+    parameters is searched linearly for every row read, where an array is one value the
+    index is probed with."""
+    if session.get_bind().dialect.name == "postgresql":
+        found: ColumnElement[bool] = column == any_(bindparam(None, list(values), type_=ARRAY(column.type)))
+        return found
+    inside: ColumnElement[bool] = column.in_(list(values))
+    return inside
+
+
 def _statuses(session: Session, ids: Sequence[str]) -> dict[str, Status]:
-    rows = session.execute(select(M.id, M.status).where(M.id.in_(list(ids)))).all()
+    rows = session.execute(select(M.id, M.status).where(_one_of(session, M.id, ids))).all()
     return {str(mid): Status(status) for mid, status in rows}
 
 
@@ -361,11 +374,15 @@ def apply_reports(session: Session, provider: str, reports: Sequence[Any], now: 
     pids = list(by_pid)
     rows: list[Any] = []
     for start in range(0, len(pids), 1000):
-        rows += session.execute(
-            select(M.id, M.provider_message_id, M.to, M.status, calls_back).where(
-                M.provider == provider, M.provider_message_id.in_(pids[start : start + 1000])
+        # By the provider's id alone, the provider checked here: given `provider = ...` as
+        # well, a planner without statistics of a fresh burst reads every message of the
+        # provider and searches the ids for each (0.38 s a drain against 8 ms).
+        found = session.execute(
+            select(M.id, M.provider_message_id, M.to, M.status, calls_back, M.provider).where(
+                _one_of(session, M.provider_message_id, pids[start : start + 1000])
             )
         ).all()
+        rows += [r[:5] for r in found if r[5] == provider]
     mine: dict[str, list[Any]] = {}
     moves: list[Move] = []
     odd: list[dict[str, Any]] = []
